@@ -1,0 +1,171 @@
+"""Tasks: what a meta-batch is, and the interface a task family implements.
+
+A ``TaskBatch`` holds the support and query data of many tasks as tensors with a leading task
+dimension, so the batched kernel can ``vmap`` over it. A ``TaskFamily`` samples such a batch as a
+pure function of ``(seed, iteration, global task index)``: the same meta-batch comes out however
+it is later split across processes, and resuming a run needs no sampler state.
+
+Reinforcement learning fits the same interface (see ``docs/rl.md``): ``sample`` returns the task
+specifications (for example goals) and the family's ``objective`` is a policy-gradient surrogate
+over trajectories that a rollout family collects with the current and the adapted parameters.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from .plugin_config import PluginConfig
+
+__all__ = [
+    "Metric",
+    "ModelIO",
+    "Split",
+    "TaskBatch",
+    "TaskConfig",
+    "TaskFamily",
+    "TaskObjective",
+]
+
+Split = Literal["train", "val", "test"]
+Metric = Literal["mse", "accuracy", "return"]
+TensorDict = dict[str, Tensor]
+TaskObjective = Callable[[TensorDict, Mapping[str, Tensor]], Tensor]
+"""A pure per-task function ``(params, data) -> scalar``, vmapped over tasks by the kernel."""
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a model must accept and produce for a task family."""
+
+    input_shape: tuple[int, ...]
+    output_dim: int
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Support and query data of ``num_tasks`` tasks; every tensor has a leading task dimension.
+
+    ``task_index`` holds the global index of each task in its meta-batch, so a shard of the
+    batch still knows which tasks it holds.
+    """
+
+    support: TensorDict
+    query: TensorDict
+    task_index: Tensor
+    info: TensorDict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.task_index.shape[0]
+        for part, tensors in (("support", self.support), ("query", self.query), ("info", self.info)):
+            for key, value in tensors.items():
+                if value.shape[:1] != (n,):
+                    raise ValueError(
+                        f"TaskBatch.{part}[{key!r}] has leading dim {tuple(value.shape[:1])}, "
+                        f"expected ({n},): every tensor needs the task dimension first"
+                    )
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.task_index.shape[0])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TaskBatch:
+        """Move to ``device``; floating tensors are cast to ``dtype`` when given."""
+
+        def move(d: TensorDict) -> TensorDict:
+            return {
+                k: v.to(device, dtype if dtype is not None and v.is_floating_point() else None)
+                for k, v in d.items()
+            }
+
+        return TaskBatch(move(self.support), move(self.query), self.task_index.to(device),
+                         move(self.info))
+
+    def shard(self, start: int, stop: int) -> TaskBatch:
+        """Tasks ``start:stop`` of this batch (a contiguous shard for one process)."""
+
+        def cut(d: TensorDict) -> TensorDict:
+            return {k: v[start:stop] for k, v in d.items()}
+
+        return TaskBatch(cut(self.support), cut(self.query), self.task_index[start:stop],
+                         cut(self.info))
+
+
+class TaskConfig(PluginConfig):
+    """Options every task family has; a family's own ``Config`` subclasses this."""
+
+    shots: int = Field(10, ge=1, description="support examples per task (per class for classification)")
+    query: int = Field(10, ge=1, description="query examples per task (per class for classification)")
+
+
+class TaskFamily(ABC):
+    """A distribution over tasks, p(T) in the paper.
+
+    Subclasses set ``name``, ``Config`` (a frozen ``TaskConfig`` subclass) and ``metric``, and are
+    constructed with their validated config.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[TaskConfig]] = TaskConfig
+    metric: ClassVar[Metric]
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: TaskConfig) -> None:
+        self.config = config
+
+    @property
+    @abstractmethod
+    def io(self) -> ModelIO:
+        """Input shape (without batch dims) and output size a model needs for these tasks."""
+
+    @abstractmethod
+    def sample(
+        self,
+        seed: int,
+        iteration: int,
+        task_indices: Tensor,
+        *,
+        split: Split = "train",
+        shots: int | None = None,
+        query: int | None = None,
+    ) -> TaskBatch:
+        """Sample the tasks ``task_indices`` (global indices) of meta-batch ``iteration``.
+
+        Must be a pure function of its arguments: the same call returns the same tensors, and
+        task ``i`` does not depend on which other indices are asked for. ``shots``/``query``
+        override the configured sizes (evaluation at another K).
+        """
+
+    @abstractmethod
+    def objective(self, model: Callable[[TensorDict, Tensor], Tensor]) -> TaskObjective:
+        """The per-task loss to adapt on and meta-learn: ``(params, data) -> scalar``.
+
+        ``model(params, inputs)`` runs the learner functionally. The returned function is
+        traced by ``torch.func`` and ``torch.compile``: keep it pure, with no Python branching on
+        tensor values.
+        """
+
+    @abstractmethod
+    def score(self, model: Callable[[TensorDict, Tensor], Tensor]) -> TaskObjective:
+        """The per-task evaluation metric ``(params, data) -> scalar`` named by ``metric``."""
+
+    def plot_examples(
+        self,
+        model: Callable[[TensorDict, Tensor], Tensor],
+        before: TensorDict,
+        after: TensorDict,
+        batch: TaskBatch,
+        path: str,
+    ) -> bool:
+        """Draw a few tasks before/after adaptation to ``path``; return False if not supported.
+
+        ``before`` holds the meta-learned parameters, ``after`` the adapted ones with a leading
+        task dimension.
+        """
+        return False

@@ -1,0 +1,14 @@
+"""Built-in plugins: registered through the same hooks a third-party package uses."""
+
+from __future__ import annotations
+
+__all__ = ["BUILTINS"]
+
+BUILTINS: tuple[str, ...] = (
+    "mamlflow.plugins.sinusoid",
+    "mamlflow.plugins.mlp",
+    "mamlflow.plugins.maml",
+    "mamlflow.plugins.optimizers",
+    "mamlflow.plugins.callbacks",
+)
+"""Module paths of the built-in plugins, loaded before any entry point."""

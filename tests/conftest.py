@@ -1,0 +1,18 @@
+"""Shared test setup: deterministic, small, and isolated from installed third-party plugins."""
+
+from __future__ import annotations
+
+import os
+
+# Before mamlflow is imported anywhere: only built-in plugins, never whatever is installed.
+os.environ.setdefault("MAMLFLOW_AUTOLOAD_PLUGINS", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
