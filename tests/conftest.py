@@ -7,8 +7,8 @@ import os
 # Before mamlflow is imported anywhere: only built-in plugins, never whatever is installed.
 os.environ.setdefault("MAMLFLOW_AUTOLOAD_PLUGINS", "0")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -81,7 +81,7 @@ class Chain(Adapter):
 
     def _own(self, i: int, learnables: Params) -> Params:
         prefix = f"{i}."
-        return {k[len(prefix):]: v for k, v in learnables.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in learnables.items() if k.startswith(prefix)}
 
     def init(self, params: Params, learnables: Params) -> AdapterState:
         return tuple(a.init(params, self._own(i, learnables)) for i, a in enumerate(self.adapters))

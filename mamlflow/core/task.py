@@ -63,7 +63,11 @@ class TaskBatch:
 
     def __post_init__(self) -> None:
         n = self.task_index.shape[0]
-        for part, tensors in (("support", self.support), ("query", self.query), ("info", self.info)):
+        for part, tensors in (
+            ("support", self.support),
+            ("query", self.query),
+            ("info", self.info),
+        ):
             for key, value in tensors.items():
                 if value.shape[:1] != (n,):
                     raise ValueError(
@@ -84,8 +88,9 @@ class TaskBatch:
                 for k, v in d.items()
             }
 
-        return TaskBatch(move(self.support), move(self.query), self.task_index.to(device),
-                         move(self.info))
+        return TaskBatch(
+            move(self.support), move(self.query), self.task_index.to(device), move(self.info)
+        )
 
     def shard(self, start: int, stop: int) -> TaskBatch:
         """Tasks ``start:stop`` of this batch (a contiguous shard for one process)."""
@@ -93,15 +98,20 @@ class TaskBatch:
         def cut(d: TensorDict) -> TensorDict:
             return {k: v[start:stop] for k, v in d.items()}
 
-        return TaskBatch(cut(self.support), cut(self.query), self.task_index[start:stop],
-                         cut(self.info))
+        return TaskBatch(
+            cut(self.support), cut(self.query), self.task_index[start:stop], cut(self.info)
+        )
 
 
 class TaskConfig(PluginConfig):
     """Options every task family has; a family's own ``Config`` subclasses this."""
 
-    shots: int = Field(10, ge=1, description="support examples per task (per class for classification)")
-    query: int = Field(10, ge=1, description="query examples per task (per class for classification)")
+    shots: int = Field(
+        10, ge=1, description="support examples per task (per class for classification)"
+    )
+    query: int = Field(
+        10, ge=1, description="query examples per task (per class for classification)"
+    )
 
 
 class TaskFamily(ABC):

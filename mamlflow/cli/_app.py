@@ -1,0 +1,68 @@
+"""Builds the Typer app: the built-in command groups plus commands registered by plugins."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from mamlflow.core.errors import MamlflowError
+
+from . import _config, _eval, _plugins, _run
+from ._common import DEBUG_ENV, fail, report, setup_logging
+
+__all__ = ["build_app", "run_app"]
+
+HELP = """mamlflow: batched, compiled Model-Agnostic Meta-Learning for PyTorch.
+
+`metaflow` and `mamlflow` are the same command (use `mamlflow` if Netflix's Metaflow is also
+installed)."""
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )
+    app.command("run")(_run.run)
+    app.command("eval")(_eval.eval_command)
+    app.command("plugins")(_plugins.plugins)
+    app.command("config")(_config.config)
+    _add_plugin_commands(app)
+    return app
+
+
+def _add_plugin_commands(app: typer.Typer) -> None:
+    from mamlflow.core.host import get_host
+
+    for name, command in get_host().commands().items():
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=name)
+        else:
+            app.command(name)(command)
+
+
+def run_app(argv: list[str] | None = None) -> None:
+    setup_logging()
+    try:
+        app = build_app()
+        app(args=argv, prog_name=os.path.basename(_prog_name()), standalone_mode=True)
+    except MamlflowError as error:
+        report(error)
+    except KeyboardInterrupt:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        fail(
+            "interrupted; the last checkpoint in the run directory is intact "
+            "(continue with --resume RUN_DIR)",
+            130,
+        )
+
+
+def _prog_name() -> str:
+    import sys
+
+    return sys.argv[0] if sys.argv and sys.argv[0] else "metaflow"

@@ -1,0 +1,112 @@
+"""Checkpoints: written atomically, validated on load, with errors that say what to do."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import CheckpointError
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "Checkpoint",
+    "atomic_write_bytes",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Everything needed to continue a run exactly where it stopped."""
+
+    iteration: int
+    params: dict[str, Tensor]
+    learnables: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Tensor]
+    strategy: str
+    elapsed: float
+    finished: bool
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(file)`` on a temp file beside ``path`` and rename it over ``path``.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
+    path = run_dir / CHECKPOINT_NAME
+    payload = {
+        "format": _FORMAT,
+        "iteration": ckpt.iteration,
+        "params": {k: v.detach().cpu() for k, v in ckpt.params.items()},
+        "learnables": {k: v.detach().cpu() for k, v in ckpt.learnables.items()},
+        "optimizer": ckpt.optimizer,
+        "rng": ckpt.rng,
+        "strategy": ckpt.strategy,
+        "elapsed": ckpt.elapsed,
+        "finished": ckpt.finished,
+    }
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    return path
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """Read ``run_dir/checkpoint.pt``; a missing or damaged file is a ``CheckpointError``."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint in {run_dir}: expected {path.name}; pass the directory a "
+            "'metaflow run' wrote (it saves one at the end and every train.checkpoint_every)"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}); it may be truncated or "
+            "from another program: restore it from a copy or start a new run"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise CheckpointError(
+            f"{path} has an unknown checkpoint format; it was not written by this mamlflow "
+            "version: start a new run"
+        )
+    try:
+        return Checkpoint(
+            iteration=int(payload["iteration"]),
+            params=dict(payload["params"]),
+            learnables=dict(payload["learnables"]),
+            optimizer=payload["optimizer"],
+            rng=dict(payload["rng"]),
+            strategy=str(payload["strategy"]),
+            elapsed=float(payload["elapsed"]),
+            finished=bool(payload["finished"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is missing {exc}; the file is damaged: restore it from a copy or start "
+            "a new run"
+        ) from exc

@@ -1,0 +1,274 @@
+"""Meta-training: build a run's components from its config and run the outer loop.
+
+The loop is plain Python around one kernel call per iteration: sample the meta-batch (a pure
+function of seed and iteration), compute the meta-gradient, apply the outer optimizer. Logging,
+callbacks, checkpoints and the time limit run between steps, never inside the compiled step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..kernels import Selection, select_meta_step
+from .adapter import Adapter
+from .algorithm import Algorithm
+from .callbacks import Callback
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .errors import CheckpointError, ConfigError
+from .host import PluginHost
+from .learner import Learner, Params
+from .task import TaskFamily
+
+__all__ = ["Components", "TrainSummary", "Trainer", "build_components", "resolve_device"]
+
+log = logging.getLogger("mamlflow.trainer")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else must exist on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError([f"device: {name!r} is not a device; use auto, cpu or cuda"]) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            [f"device: {name!r} requested but CUDA is not available; use --device cpu"]
+        )
+    return device
+
+
+@dataclass(frozen=True)
+class Components:
+    """A run's live objects, built from its config through the plugin host."""
+
+    config: RunConfig
+    family: TaskFamily
+    learner: Learner
+    algorithm: Algorithm
+    adapter: Adapter
+    device: torch.device
+    dtype: torch.dtype
+
+    def initial_params(self) -> tuple[Params, Params]:
+        params = self.learner.init_params()
+        return params, self.adapter.learnables(params)
+
+
+def build_components(config: RunConfig, host: PluginHost) -> Components:
+    """Instantiate the task family, model, algorithm and adapter a config names.
+
+    The model is initialised under ``torch.manual_seed(config.seed)``, so a seed fixes θ₀.
+    """
+    family = host.task_family(config.task.name)(config.task)
+    model_plugin = host.model(config.model.name)(config.model)
+    algorithm = host.algorithm(config.algorithm.name)(config.algorithm)
+    device = resolve_device(config.device)
+    dtype = _DTYPES[config.kernel.dtype]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        module = model_plugin.build(family.io)
+    learner = Learner(module).to(device, dtype)
+    return Components(
+        config, family, learner, algorithm, algorithm.adapter(config.inner), device, dtype
+    )
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    iteration: int
+    iterations: int
+    meta_loss: float | None
+    elapsed: float
+    tasks_per_s: float
+    strategy: str
+    strategy_reason: str
+    stopped_by: str  # "iterations" | "time_limit"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Interval:
+    """Metrics accumulated since the last log record (kept on device: no sync per step)."""
+
+    loss_sum: Tensor | None = None
+    steps: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Trainer:
+    """Meta-trains one run, writing into ``run_dir``.
+
+    ``on_step`` (e.g. a progress bar) is called after every iteration with the iteration count
+    and the latest metrics record; ``callbacks`` are extra ``Callback`` objects besides the ones
+    ``train.callbacks`` names. With ``resume=True`` the run continues from ``run_dir``'s
+    checkpoint: same meta-batches, same optimizer state, bitwise the same parameters as an
+    uninterrupted run.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        host: PluginHost,
+        *,
+        resume: bool = False,
+        callbacks: Sequence[Callback] = (),
+        on_step: Callable[[int, dict[str, Any] | None], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.host = host
+        self.resume = resume
+        self.components = build_components(config, host)
+        self.callbacks = [host.callback(name)(self.run_dir) for name in config.train.callbacks]
+        self.callbacks += list(callbacks)
+        self.on_step = on_step
+        self.selection: Selection | None = None
+
+    def _leaves(self, tensors: Params) -> Params:
+        c = self.components
+        return {k: v.detach().to(c.device, c.dtype).clone() for k, v in tensors.items()}
+
+    def fit(self) -> TrainSummary:
+        cfg, c = self.config, self.components
+        params, learnables = (self._leaves(t) for t in c.initial_params())
+        optimizer = self.host.optimizer(cfg.outer.name)(cfg.outer).build(
+            [*params.values(), *learnables.values()]
+        )
+        start, elapsed_before, strategy = 0, 0.0, cfg.kernel.strategy
+        if self.resume:
+            ckpt = load_checkpoint(self.run_dir)
+            self._check_shapes(params, ckpt.params, "parameter")
+            self._check_shapes(learnables, ckpt.learnables, "adapter tensor")
+            with torch.no_grad():
+                for k, v in ckpt.params.items():
+                    params[k].copy_(v)
+                for k, v in ckpt.learnables.items():
+                    learnables[k].copy_(v)
+            optimizer.load_state_dict(ckpt.optimizer)
+            torch.set_rng_state(ckpt.rng["torch"])
+            start, elapsed_before = ckpt.iteration, ckpt.elapsed
+            # Keep the kernel the run started with, so resuming is bitwise exact.
+            strategy = ckpt.strategy
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for cb in self.callbacks:
+            cb.on_train_start({"iteration": start, "config": cfg})
+
+        total = cfg.train.iterations
+        batch_size = cfg.train.meta_batch_size
+        task_index = torch.arange(batch_size)
+        scale = 1.0 / batch_size
+        objective = c.family.objective(c.learner)
+        steps_by_order: dict[bool, Any] = {}
+        t0 = time.perf_counter()
+        interval = _Interval()
+        last_record: dict[str, Any] | None = None
+        stopped_by = "iterations"
+        iteration = start
+
+        def elapsed() -> float:
+            return elapsed_before + time.perf_counter() - t0
+
+        def save(finished: bool) -> None:
+            save_checkpoint(
+                self.run_dir,
+                Checkpoint(
+                    iteration=iteration,
+                    params=params,
+                    learnables=learnables,
+                    optimizer=optimizer.state_dict(),
+                    rng={"torch": torch.get_rng_state()},
+                    strategy=self.selection.strategy if self.selection else strategy,
+                    elapsed=elapsed(),
+                    finished=finished,
+                ),
+            )
+
+        while iteration < total:
+            if cfg.train.time_limit is not None and elapsed() >= cfg.train.time_limit:
+                stopped_by = "time_limit"
+                break
+            batch = c.family.sample(cfg.seed, iteration, task_index).to(c.device, c.dtype)
+            first_order = c.algorithm.first_order(cfg.inner, iteration)
+            meta_step = steps_by_order.get(first_order)
+            if meta_step is None:
+                self.selection = select_meta_step(
+                    strategy,
+                    objective,
+                    c.adapter,
+                    steps=cfg.inner.steps,
+                    first_order=first_order,
+                    remaining_iterations=total - iteration,
+                    probe=(params, learnables, batch.support, batch.query),
+                )
+                log.info("kernel: %s (%s)", self.selection.strategy, self.selection.reason)
+                meta_step = steps_by_order[first_order] = self.selection.step
+            result = meta_step(params, learnables, batch.support, batch.query, scale)
+            for k, p in params.items():
+                p.grad = result.grads[k]
+            for k, p in learnables.items():
+                p.grad = result.learnable_grads[k]
+            optimizer.step()
+            iteration += 1
+
+            interval.loss_sum = (
+                result.loss if interval.loss_sum is None else interval.loss_sum + result.loss
+            )
+            interval.steps += 1
+            if iteration % cfg.train.log_every == 0 or iteration == total:
+                now = time.perf_counter()
+                last_record = {
+                    "iteration": iteration,
+                    "meta_loss": float(interval.loss_sum) / interval.steps,
+                    "tasks_per_s": interval.steps * batch_size / max(now - interval.started, 1e-9),
+                    "elapsed": elapsed(),
+                }
+                for cb in self.callbacks:
+                    cb.on_log(last_record)
+                interval = _Interval()
+            if iteration % cfg.train.checkpoint_every == 0 and iteration < total:
+                save(finished=False)
+            if self.on_step is not None:
+                self.on_step(iteration, last_record)
+
+        save(finished=iteration >= total)
+        run_time = time.perf_counter() - t0
+        summary = TrainSummary(
+            iteration=iteration,
+            iterations=total,
+            meta_loss=last_record["meta_loss"] if last_record else None,
+            elapsed=elapsed(),
+            tasks_per_s=(iteration - start) * batch_size / max(run_time, 1e-9),
+            strategy=self.selection.strategy if self.selection else strategy,
+            strategy_reason=self.selection.reason if self.selection else "no step taken",
+            stopped_by=stopped_by,
+        )
+        for cb in self.callbacks:
+            cb.on_train_end(summary.as_dict())
+        return summary
+
+    def _check_shapes(self, expected: Params, found: dict[str, Tensor], what: str) -> None:
+        if set(expected) != set(found) or any(
+            expected[k].shape != found[k].shape for k in expected
+        ):
+            raise CheckpointError(
+                f"the checkpoint's {what}s do not match the model this config builds "
+                f"(expected {sorted(expected)} with their shapes); resume with the run's own "
+                "config.json, unchanged"
+            )

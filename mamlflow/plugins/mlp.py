@@ -1,0 +1,49 @@
+"""A fully connected network: the paper's sinusoid model (1-40-40-1, ReLU)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from torch import nn
+
+from mamlflow.core.hookspecs import hookimpl
+from mamlflow.core.learner import ModelConfig, ModelPlugin
+from mamlflow.core.task import ModelIO
+
+__all__ = ["MLP", "MLPConfig"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class MLPConfig(ModelConfig):
+    hidden: tuple[int, ...] = Field((40, 40), description="width of each hidden layer")
+    activation: Literal["relu", "tanh"] = Field("relu", description="hidden nonlinearity")
+
+
+class MLP(ModelPlugin):
+    """Linear layers with a nonlinearity between them; inputs are flattened first."""
+
+    name: ClassVar[str] = "mlp"
+    Config: ClassVar[type[ModelConfig]] = MLPConfig
+    description: ClassVar[str] = "fully connected network (sinusoid: 1-40-40-1 ReLU)"
+    config: MLPConfig
+
+    def build(self, io: ModelIO) -> nn.Module:
+        layers: list[nn.Module] = []
+        if len(io.input_shape) > 1:
+            layers.append(nn.Flatten(start_dim=-len(io.input_shape)))
+        width = 1
+        for d in io.input_shape:
+            width *= d
+        for h in self.config.hidden:
+            layers += [nn.Linear(width, h), _ACTIVATIONS[self.config.activation]()]
+            width = h
+        layers.append(nn.Linear(width, io.output_dim))
+        return nn.Sequential(*layers)
+
+
+@hookimpl
+def register_models(register: Callable[[type[ModelPlugin]], None]) -> None:
+    register(MLP)

@@ -1,0 +1,63 @@
+"""Outer optimizers over ``torch.optim``: Adam (the paper's choice) and SGD."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+
+from mamlflow.core.hookspecs import hookimpl
+from mamlflow.core.optim import OuterConfig, OuterOptimizer
+
+__all__ = ["SGD", "Adam", "AdamConfig", "SGDConfig"]
+
+
+class AdamConfig(OuterConfig):
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's β1, β2")
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (coupled, as torch.optim.Adam)")
+
+
+class Adam(OuterOptimizer):
+    name: ClassVar[str] = "adam"
+    Config: ClassVar[type[OuterConfig]] = AdamConfig
+    description: ClassVar[str] = "torch.optim.Adam"
+    config: AdamConfig
+
+    def build(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.Adam(
+            params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, foreach=True
+        )
+
+
+class SGDConfig(OuterConfig):
+    momentum: float = Field(0.0, ge=0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SGD(OuterOptimizer):
+    name: ClassVar[str] = "sgd"
+    Config: ClassVar[type[OuterConfig]] = SGDConfig
+    description: ClassVar[str] = "torch.optim.SGD"
+    config: SGDConfig
+
+    def build(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.SGD(
+            params,
+            lr=c.lr,
+            momentum=c.momentum,
+            nesterov=c.nesterov,
+            weight_decay=c.weight_decay,
+            foreach=True,
+        )
+
+
+@hookimpl
+def register_optimizers(register: Callable[[type[OuterOptimizer]], None]) -> None:
+    register(Adam)
+    register(SGD)

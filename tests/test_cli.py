@@ -1,0 +1,191 @@
+"""The command line: real subprocesses for exit codes and stderr, in-process for the happy path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mamlflow.cli import main
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "mamlflow", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def _invoke(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code in (0, None), capsys.readouterr()
+    return capsys.readouterr().out
+
+
+def test_import_mamlflow_stays_light() -> None:
+    code = (
+        "import sys, mamlflow; heavy = [m for m in ('typer', 'rich', 'numba', 'matplotlib') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_bad_set_value_is_one_clear_line(tmp_path: Path) -> None:
+    r = _cli("run", "--plugin", "sinusoid", "--set", "inner.lr=-1", "--out", str(tmp_path / "r"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "inner.lr: Input should be greater than 0 (from --set)" in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_plugin_is_one_clear_line_with_suggestion() -> None:
+    r = _cli("run", "--plugin", "sinusiod")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Unknown preset 'sinusiod'" in lines[0] and "Did you mean 'sinusoid'" in lines[0]
+
+
+def test_broken_entry_point_is_one_warning_line_and_the_cli_works(tmp_path: Path) -> None:
+    (tmp_path / "broken_mamlflow_plugin.py").write_text("raise ImportError('no module named x')\n")
+    dist = tmp_path / "broken_mamlflow_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-mamlflow-plugin\nVersion: 0.1\n"
+    )
+    (dist / "entry_points.txt").write_text("[mamlflow]\nbroken = broken_mamlflow_plugin\n")
+    env = {"PYTHONPATH": str(tmp_path), "MAMLFLOW_AUTOLOAD_PLUGINS": "1"}
+    r = _cli("plugins", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    warning_lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(warning_lines) == 1, r.stderr
+    assert "broken-mamlflow-plugin" in warning_lines[0] and "pip uninstall" in warning_lines[0]
+    listed = json.loads(r.stdout)
+    assert any(c["name"] == "sinusoid" for c in listed["components"])
+    assert [f["plugin"] for f in listed["failures"]] == ["broken"]
+    strict = _cli("plugins", env={**env, "MAMLFLOW_STRICT_PLUGINS": "1"})
+    assert strict.returncode != 0
+    assert len(strict.stderr.strip().splitlines()) == 1, strict.stderr
+
+
+def test_config_prints_the_paper_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _invoke(capsys, "config", "--plugin", "sinusoid", "--json")
+    cfg = json.loads(out)
+    assert cfg["train"]["iterations"] == 70_000 and cfg["train"]["meta_batch_size"] == 25
+    assert cfg["inner"] == {"steps": 1, "lr": 0.01, "first_order": False}
+    assert cfg["outer"]["name"] == "adam" and cfg["outer"]["lr"] == 1e-3
+    assert cfg["task"]["shots"] == 10 and cfg["kernel"]["strategy"] == "auto"
+
+
+def test_plugins_json_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
+    listed = json.loads(_invoke(capsys, "plugins", "--json"))
+    names = {(c["kind"], c["name"]) for c in listed["components"]}
+    for expected in [
+        ("task_family", "sinusoid"),
+        ("model", "mlp"),
+        ("algorithm", "maml"),
+        ("algorithm", "fomaml"),
+        ("optimizer", "adam"),
+        ("optimizer", "sgd"),
+        ("preset", "sinusoid"),
+        ("callback", "metrics"),
+    ]:
+        assert expected in names
+    assert all(c["source"] == "mamlflow (built-in)" for c in listed["components"])
+
+
+@pytest.mark.slow
+def test_run_eval_resume_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    common = ["--set", "train.meta_batch_size=5", "--set", "train.log_every=10"]
+    _invoke(
+        capsys,
+        "run",
+        "--plugin",
+        "sinusoid",
+        "--set",
+        "train.iterations=20",
+        *common,
+        "--out",
+        str(run_dir),
+        "--seed",
+        "3",
+    )
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config"]["seed"] == 3 and saved["provenance"]["seed"] == "--seed"
+    assert saved["provenance"]["train.iterations"] == "--set"
+    assert saved["provenance"]["inner.lr"] == "preset sinusoid"
+
+    # Continue the same run for 20 more iterations.
+    _invoke(capsys, "run", "--resume", str(run_dir), "--set", "train.iterations=40")
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [10, 20, 30, 40]
+
+    out = _invoke(
+        capsys, "eval", str(run_dir), "--shots", "5", "--steps", "2", "--tasks", "50", "--json"
+    )
+    result = json.loads(out)
+    assert set(result) == {"metric", "shots", "steps", "mean", "ci95", "tasks"}
+    assert result["metric"] == "mse" and result["shots"] == 5 and result["tasks"] == 50
+    assert result["steps"] == [0, 1, 2] and len(result["mean"]) == len(result["ci95"]) == 3
+    assert (run_dir / "eval.json").is_file()
+    assert (run_dir / "eval_curve.png").stat().st_size > 0
+    assert (run_dir / "examples_k5.png").stat().st_size > 0
+
+
+def test_existing_run_dir_is_never_overwritten(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    r = _cli("run", "--plugin", "sinusoid", "--out", str(run_dir))
+    assert r.returncode == 2 and "--resume" in r.stderr
+    assert (run_dir / "config.json").read_text() == "{}"
+
+
+def test_resume_refuses_to_change_what_is_learned(tmp_path: Path) -> None:
+    r = _cli(
+        "run",
+        "--plugin",
+        "sinusoid",
+        "--set",
+        "train.iterations=2",
+        "--set",
+        "train.meta_batch_size=2",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert r.returncode == 0, r.stderr
+    r = _cli("run", "--resume", str(tmp_path / "run"), "--set", "inner.lr=0.5")
+    assert r.returncode == 2
+    assert "inner.lr: cannot change on --resume" in r.stderr
+
+
+def test_eval_of_a_directory_without_a_run_is_one_line(tmp_path: Path) -> None:
+    r = _cli("eval", str(tmp_path))
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "metaflow run" in r.stderr
+
+
+def test_console_scripts_are_the_same_app() -> None:
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts["metaflow"] == scripts["mamlflow"] == "mamlflow.cli:main"
+    r = _cli("--help")
+    assert r.returncode == 0 and "Netflix" in textwrap.dedent(r.stdout).replace("\n", " ")

@@ -1,0 +1,116 @@
+"""Meta-training loop: resume is bitwise exact, the time limit stops cleanly, records are kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mamlflow.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from mamlflow.core.config import resolve
+from mamlflow.core.errors import CheckpointError
+from mamlflow.core.evaluate import evaluate
+from mamlflow.core.host import PluginHost
+from mamlflow.core.trainer import Trainer, build_components
+
+
+@pytest.fixture(scope="module")
+def host() -> PluginHost:
+    return PluginHost()
+
+
+def _config(host: PluginHost, *sets: str):
+    base = (
+        "train.meta_batch_size=5",
+        "train.log_every=5",
+        "kernel.strategy=batched",
+        "eval.tasks=20",
+        "eval.steps=3",
+    )
+    return resolve(host, preset="sinusoid", sets=(*base, *sets)).config
+
+
+def test_resume_is_bitwise_identical(host: PluginHost, tmp_path: Path) -> None:
+    straight = Trainer(_config(host, "train.iterations=20"), tmp_path / "a", host)
+    straight.fit()
+    half = Trainer(_config(host, "train.iterations=10"), tmp_path / "b", host)
+    half.fit()
+    resumed = Trainer(_config(host, "train.iterations=20"), tmp_path / "b", host, resume=True)
+    summary = resumed.fit()
+    assert summary.iteration == 20
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert a.iteration == b.iteration == 20 and b.finished
+    for k in a.params:
+        assert torch.equal(a.params[k], b.params[k]), k
+    # Adam's moments too: the two runs are the same run.
+    sa, sb = a.optimizer["state"], b.optimizer["state"]
+    for i in sa:
+        assert torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"])
+    # metrics.jsonl reads as one run: every logged iteration exactly once.
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in lines] == [5, 10, 15, 20]
+
+
+def test_training_lowers_the_meta_loss_and_adaptation_helps(
+    host: PluginHost, tmp_path: Path
+) -> None:
+    cfg = _config(host, "train.iterations=300", "train.log_every=50", "outer.lr=0.01")
+    trainer = Trainer(cfg, tmp_path, host)
+    trainer.fit()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [50, 100, 150, 200, 250, 300]
+    assert records[-1]["meta_loss"] < records[0]["meta_loss"]
+    assert all(r["tasks_per_s"] > 0 and r["elapsed"] > 0 for r in records)
+
+    components = build_components(cfg, host)
+    ckpt = load_checkpoint(tmp_path)
+    kwargs = {"shots": 10, "steps": 3, "tasks": 200, "query": 50}
+    trained, _ = evaluate(components, ckpt.params, ckpt.learnables, **kwargs)
+    untrained, _ = evaluate(components, *components.initial_params(), **kwargs)
+    assert trained.metric == "mse" and trained.steps == [0, 1, 2, 3]
+    # Meta-training must make one adaptation step worth much more than from θ₀.
+    assert trained.mean[1] < 0.7 * untrained.mean[1]
+    assert trained.mean[1] < trained.mean[0]
+
+
+def test_time_limit_stops_with_an_evaluable_checkpoint(host: PluginHost, tmp_path: Path) -> None:
+    cfg = _config(host, "train.iterations=1000000", "train.time_limit=1.5")
+    summary = Trainer(cfg, tmp_path, host).fit()
+    assert summary.stopped_by == "time_limit"
+    assert 0 < summary.iteration < 1_000_000
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.iteration == summary.iteration and not ckpt.finished
+
+
+def test_first_and_second_order_runs_differ(host: PluginHost, tmp_path: Path) -> None:
+    second = Trainer(_config(host, "train.iterations=5"), tmp_path / "so", host)
+    first = Trainer(
+        _config(host, "train.iterations=5", "algorithm.name=fomaml"), tmp_path / "fo", host
+    )
+    second.fit()
+    first.fit()
+    a, b = load_checkpoint(tmp_path / "so"), load_checkpoint(tmp_path / "fo")
+    assert any(not torch.equal(a.params[k], b.params[k]) for k in a.params)
+
+
+def test_damaged_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_resume_rejects_a_checkpoint_from_another_model(host: PluginHost, tmp_path: Path) -> None:
+    Trainer(_config(host, "train.iterations=2"), tmp_path, host).fit()
+    other = _config(host, "train.iterations=4", "model.hidden=[8]")
+    with pytest.raises(CheckpointError, match="do not match the model"):
+        Trainer(other, tmp_path, host, resume=True).fit()
+
+
+def test_float64_runs(host: PluginHost, tmp_path: Path) -> None:
+    cfg = _config(host, "train.iterations=3", "kernel.dtype=float64")
+    Trainer(cfg, tmp_path, host).fit()
+    assert all(v.dtype == torch.float64 for v in load_checkpoint(tmp_path).params.values())
