@@ -189,3 +189,47 @@ def test_console_scripts_are_the_same_app() -> None:
     assert scripts["metaflow"] == scripts["mamlflow"] == "mamlflow.cli:main"
     r = _cli("--help")
     assert r.returncode == 0 and "Netflix" in textwrap.dedent(r.stdout).replace("\n", " ")
+
+
+def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from mamlflow.core.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mamlflow",
+            "run",
+            "--plugin",
+            "sinusoid",
+            "--out",
+            str(run_dir),
+            "--set",
+            "train.iterations=10000000",
+            "--set",
+            "train.log_every=5",
+            "--set",
+            "kernel.strategy=batched",
+            "--set",
+            "train.meta_batch_size=4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never logged"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted" in out
+    ckpt = load_checkpoint(run_dir)
+    assert 0 < ckpt.iteration < 10_000_000 and not ckpt.finished

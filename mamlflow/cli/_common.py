@@ -26,9 +26,13 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def report(error: MamlflowError) -> NoReturn:
+    """One ``error:`` line per problem (a config can have several), then exit."""
     if os.environ.get(DEBUG_ENV):
         raise error
-    fail(str(error), error.exit_code)
+    lines = str(error).splitlines() or [type(error).__name__]
+    for line in lines[:-1]:
+        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    fail(lines[-1], error.exit_code)
 
 
 def _show_warning(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -125,7 +129,8 @@ def run(
 
         trainer = Trainer(cfg, run_dir, host, resume=resume is not None, on_step=on_step)
         progress.update(bar, completed=0)
-        summary = trainer.fit()
+        with _graceful_interrupt(trainer, progress.console):
+            summary = trainer.fit()
 
     table = Table(title=f"run {run_dir}", show_header=False)
     table.add_row("iterations", f"{summary.iteration:,} / {summary.iterations:,}")
@@ -138,6 +143,23 @@ def run(
     table.add_row("wall-clock", f"{summary.elapsed:.1f} s")
     table.add_row("next", f"metaflow eval {run_dir}")
     console.print(table)
+
+
+@contextlib.contextmanager
+def _graceful_interrupt(trainer: Trainer, out: Console) -> Iterator[None]:
+    """First Ctrl-C: stop after this step with a checkpoint. Second: abort at once."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: object) -> None:
+        out.print("[yellow]stopping after this step (Ctrl-C again to abort)…[/]")
+        trainer.request_stop()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _default_run_dir(resolved: ResolvedConfig) -> Path:

@@ -74,8 +74,9 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     return path
 
 
-def load_checkpoint(run_dir: Path) -> Checkpoint:
+def load_checkpoint(run_dir: Path | str) -> Checkpoint:
     """Read ``run_dir/checkpoint.pt``; a missing or damaged file is a ``CheckpointError``."""
+    run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(

@@ -95,7 +95,7 @@ class TrainSummary:
     tasks_per_s: float
     strategy: str
     strategy_reason: str
-    stopped_by: str  # "iterations" | "time_limit"
+    stopped_by: str  # "iterations" | "time_limit" | "interrupted"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -139,6 +139,15 @@ class Trainer:
         self.callbacks += list(callbacks)
         self.on_step = on_step
         self.selection: Selection | None = None
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """Finish the current iteration, write a checkpoint and return (e.g. on Ctrl-C).
+
+        Safe to call from a signal handler: the loop only checks a flag between steps, so the
+        checkpoint never holds a half-applied optimizer step.
+        """
+        self._stop_requested = True
 
     def _leaves(self, tensors: Params) -> Params:
         c = self.components
@@ -203,6 +212,9 @@ class Trainer:
         while iteration < total:
             if cfg.train.time_limit is not None and elapsed() >= cfg.train.time_limit:
                 stopped_by = "time_limit"
+                break
+            if self._stop_requested:
+                stopped_by = "interrupted"
                 break
             batch = c.family.sample(cfg.seed, iteration, task_index).to(c.device, c.dtype)
             first_order = c.algorithm.first_order(cfg.inner, iteration)

@@ -20,6 +20,11 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 class MLPConfig(ModelConfig):
     hidden: tuple[int, ...] = Field((40, 40), description="width of each hidden layer")
     activation: Literal["relu", "tanh"] = Field("relu", description="hidden nonlinearity")
+    init: Literal["torch", "paper"] = Field(
+        "torch",
+        description="torch: PyTorch's default; paper: weights ~ truncated N(0, 0.01²), "
+        "zero biases, as in the authors' code (cbfinn/maml)",
+    )
 
 
 class MLP(ModelPlugin):
@@ -41,6 +46,11 @@ class MLP(ModelPlugin):
             layers += [nn.Linear(width, h), _ACTIVATIONS[self.config.activation]()]
             width = h
         layers.append(nn.Linear(width, io.output_dim))
+        if self.config.init == "paper":
+            for layer in layers:
+                if isinstance(layer, nn.Linear):
+                    nn.init.trunc_normal_(layer.weight, std=0.01, a=-0.02, b=0.02)
+                    nn.init.zeros_(layer.bias)
         return nn.Sequential(*layers)
 
 

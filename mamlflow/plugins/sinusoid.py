@@ -139,7 +139,7 @@ SINUSOID_PRESET = Preset(
     ),
     values={
         "task": {"name": "sinusoid", "shots": 10, "query": 10},
-        "model": {"name": "mlp", "hidden": [40, 40], "activation": "relu"},
+        "model": {"name": "mlp", "hidden": [40, 40], "activation": "relu", "init": "paper"},
         "algorithm": {"name": "maml"},
         "inner": {"steps": 1, "lr": 0.01, "first_order": False},
         "outer": {"name": "adam", "lr": 1e-3},
