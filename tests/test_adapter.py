@@ -209,3 +209,9 @@ def test_chained_learnables_get_meta_gradients_under_their_names() -> None:
     unchained = run(PerParameterLR(0.05), PerParameterLR(0.05).learnables(params))
     for k, g in unchained.learnable_grads.items():
         torch.testing.assert_close(learned.learnable_grads[f"1.{k}"], g, rtol=0, atol=1e-12)
+
+
+def test_apply_updates_rejects_unknown_names() -> None:
+    params = {"w": torch.ones(2)}
+    with pytest.raises(KeyError, match="unknown parameters"):
+        apply_updates(params, {"W": torch.ones(2)})

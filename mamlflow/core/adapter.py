@@ -49,7 +49,14 @@ class Adapter(ABC):
 
 
 def apply_updates(params: Params, updates: Params) -> Params:
-    """``params + updates``, leaving out-of-date entries untouched (a partial update is allowed)."""
+    """``params + updates``; parameters without an update stay as they are (partial updates).
+
+    An update for a name that is not a parameter is an error: it would otherwise be dropped
+    silently (a misspelt key in an adapter).
+    """
+    unknown = updates.keys() - params.keys()
+    if unknown:
+        raise KeyError(f"updates for unknown parameters {sorted(unknown)}; known: {sorted(params)}")
     return {k: (v + updates[k]) if k in updates else v for k, v in params.items()}
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -86,7 +86,7 @@ def _batched_step(
     batched = vmap(task_loss, in_dims=(None, None, 0, 0))
 
     def meta_loss(
-        params: Params, learnables: Params, support: Data, query: Data, scale: float
+        params: Params, learnables: Params, support: Data, query: Data, scale: Tensor | float
     ) -> Tensor:
         return batched(params, learnables, support, query).sum() * scale
 
@@ -139,6 +139,21 @@ def _loop_step(
     return step
 
 
+def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A wrapper with a code object of its own.
+
+    Dynamo caches compiled graphs per code object, and every ``grad_and_value`` wrapper shares
+    one: without this, all meta-steps built in a process compete for the same 8 cache entries
+    and later ones silently run eagerly.
+    """
+
+    def run(*args: Any) -> Any:
+        return fn(*args)
+
+    run.__code__ = run.__code__.replace()
+    return run
+
+
 def make_meta_step(
     objective: TaskObjective,
     adapter: Adapter,
@@ -157,14 +172,21 @@ def make_meta_step(
         return _loop_step(objective, adapter, steps, first_order)
     fn = _batched_step(objective, adapter, steps, first_order)
     if strategy == "compiled":
-        fn = torch.compile(fn, dynamic=False)
+        fn = torch.compile(_own_code(fn), dynamic=False)
     elif strategy != "batched":
         raise ValueError(f"unknown kernel strategy {strategy!r}; use batched, compiled or loop")
+    scales: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
 
     def step(
         params: Params, learnables: Params, support: Data, query: Data, scale: float
     ) -> StepResult:
-        (g_params, g_learnables), loss = fn(params, learnables, support, query, scale)
+        # A Python float would be baked into the compiled graph (one recompile per value);
+        # a 0-d tensor is an input like any other.
+        ref = next(iter(params.values()))
+        key = (float(scale), ref.dtype, ref.device)
+        if key not in scales:
+            scales[key] = torch.tensor(scale, dtype=ref.dtype, device=ref.device)
+        (g_params, g_learnables), loss = fn(params, learnables, support, query, scales[key])
         return StepResult(loss.detach(), g_params, g_learnables)
 
     return step

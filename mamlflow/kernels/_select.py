@@ -76,9 +76,10 @@ def select_meta_step(
     try:
         fast = compiled(*probe, 1.0)
     except Exception as exc:  # any compiler failure means: run eagerly instead
-        reason = f"torch.compile failed ({type(exc).__name__}: {exc}); using batched"
-        log.warning(reason.splitlines()[0])
-        return Selection("batched", batched, reason.splitlines()[0])
+        first_line = (str(exc).splitlines() or [""])[0]
+        reason = f"torch.compile failed ({type(exc).__name__}: {first_line}); using batched"
+        log.warning(reason)
+        return Selection("batched", batched, reason)
     slow = batched(*probe, 1.0)
     if not (_close(fast.grads, slow.grads) and _close(fast.learnable_grads, slow.learnable_grads)):
         reason = "compiled meta-gradient disagrees with the batched kernel; using batched"
