@@ -56,11 +56,17 @@ def test_resume_is_bitwise_identical(host: PluginHost, tmp_path: Path) -> None:
 def test_training_lowers_the_meta_loss_and_adaptation_helps(
     host: PluginHost, tmp_path: Path
 ) -> None:
-    cfg = _config(host, "train.iterations=300", "train.log_every=50", "outer.lr=0.01")
+    cfg = _config(
+        host,
+        "train.iterations=500",
+        "train.meta_batch_size=10",
+        "train.log_every=100",
+        "outer.lr=0.01",
+    )
     trainer = Trainer(cfg, tmp_path, host)
     trainer.fit()
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [50, 100, 150, 200, 250, 300]
+    assert [r["iteration"] for r in records] == [100, 200, 300, 400, 500]
     assert records[-1]["meta_loss"] < records[0]["meta_loss"]
     assert all(r["tasks_per_s"] > 0 and r["elapsed"] > 0 for r in records)
 
@@ -70,8 +76,9 @@ def test_training_lowers_the_meta_loss_and_adaptation_helps(
     trained, _ = evaluate(components, ckpt.params, ckpt.learnables, **kwargs)
     untrained, _ = evaluate(components, *components.initial_params(), **kwargs)
     assert trained.metric == "mse" and trained.steps == [0, 1, 2, 3]
-    # Meta-training must make one adaptation step worth much more than from θ₀.
-    assert trained.mean[1] < 0.7 * untrained.mean[1]
+    # Meta-training must make one adaptation step worth much more than from θ₀
+    # (measured: 0.27-0.28 of it over seeds 0 and 1).
+    assert trained.mean[1] < 0.5 * untrained.mean[1]
     assert trained.mean[1] < trained.mean[0]
 
 
