@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mamlflow.core.checkpoint import atomic_write_bytes, load_checkpoint
+from mamlflow.core._io import atomic_write
+from mamlflow.core.checkpoint import load_checkpoint
 from mamlflow.core.config import load_saved
 from mamlflow.core.evaluate import EvalResult, evaluate
 from mamlflow.core.host import get_host
@@ -112,4 +113,4 @@ def _save(run_dir: Path, results: list[EvalResult], iteration: int) -> None:
     keys = {(r["shots"], len(r["steps"])) for r in new}
     merged = [r for r in existing if (r.get("shots"), len(r.get("steps", []))) not in keys] + new
     data = json.dumps({"results": merged}, indent=2).encode() + b"\n"
-    atomic_write_bytes(path, lambda f: f.write(data))
+    atomic_write(path, data)

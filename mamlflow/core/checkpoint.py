@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,12 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._io import atomic_write
 from .errors import CheckpointError
 
 __all__ = [
     "CHECKPOINT_NAME",
     "Checkpoint",
-    "atomic_write_bytes",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -39,24 +37,6 @@ class Checkpoint:
     finished: bool
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temp file beside ``path`` and rename it over ``path``.
-
-    A crash mid-write leaves the previous file intact, never a truncated one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     path = run_dir / CHECKPOINT_NAME
     payload = {
@@ -70,7 +50,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "elapsed": ckpt.elapsed,
         "finished": ckpt.finished,
     }
-    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 from pydantic.fields import FieldInfo
 
+from ._io import atomic_write
 from .algorithm import AlgorithmConfig
 from .errors import CheckpointError, ConfigError, UnknownNameError
 from .learner import ModelConfig
@@ -272,18 +271,7 @@ def save_resolved(resolved: ResolvedConfig, path: Path) -> None:
         "config": resolved.config.model_dump(mode="json"),
         "provenance": dict(resolved.provenance),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
 
 
 def load_saved(host: PluginHost, path: Path) -> ResolvedConfig:
