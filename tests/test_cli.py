@@ -233,3 +233,36 @@ def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(tmp_path: Path) -> Non
     assert "interrupted" in out
     ckpt = load_checkpoint(run_dir)
     assert 0 < ckpt.iteration < 10_000_000 and not ckpt.finished
+
+
+def test_a_plugin_can_add_a_command(tmp_path: Path) -> None:
+    (tmp_path / "hello_mamlflow_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            from mamlflow import hookimpl
+
+            def hello(name: str = "world") -> None:
+                print(f"hello {name} from a plugin")
+
+            @hookimpl
+            def register_commands(register):
+                register("hello", hello)
+            """
+        )
+    )
+    dist = tmp_path / "hello_mamlflow_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: hello-mamlflow-plugin\nVersion: 0.1\n"
+    )
+    (dist / "entry_points.txt").write_text("[mamlflow]\nhello = hello_mamlflow_plugin\n")
+    env = {"PYTHONPATH": str(tmp_path), "MAMLFLOW_AUTOLOAD_PLUGINS": "1"}
+    r = _cli("hello", "--name", "maml", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "hello maml from a plugin"
+    listed = json.loads(_cli("plugins", "--json", env=env).stdout)
+    assert {
+        "kind": "command",
+        "name": "hello",
+        "source": "hello-mamlflow-plugin 0.1 (entry point hello)",
+    }.items() <= next(c for c in listed["components"] if c["kind"] == "command").items()

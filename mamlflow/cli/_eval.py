@@ -38,12 +38,17 @@ def eval_command(
     tasks: Annotated[
         int | None, typer.Option("--tasks", min=2, help="held-out tasks [default: eval.tasks]")
     ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N [default: the run's]")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG plots")] = True,
 ) -> None:
     """Evaluate a run's final checkpoint: the metric after 0..S adaptation steps, mean ± 95% CI."""
     host = get_host()
     config = load_saved(host, run_dir / CONFIG_NAME).config
+    if device is not None:
+        config = config.model_copy(update={"device": device})
     ckpt = load_checkpoint(run_dir)
     components = build_components(config, host)
     ev = config.eval

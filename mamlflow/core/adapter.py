@@ -66,7 +66,14 @@ class Scale(Adapter):
     def __init__(self, factor: float) -> None:
         self.factor = float(factor)
 
-    def update(self, grads, state, params, learnables, step):  # type: ignore[override]
+    def update(
+        self,
+        grads: Params,
+        state: AdapterState,
+        params: Params,
+        learnables: Params,
+        step: int,
+    ) -> tuple[Params, AdapterState]:
         return {k: g * self.factor for k, g in grads.items()}, state
 
     def __repr__(self) -> str:
@@ -93,7 +100,14 @@ class Chain(Adapter):
     def init(self, params: Params, learnables: Params) -> AdapterState:
         return tuple(a.init(params, self._own(i, learnables)) for i, a in enumerate(self.adapters))
 
-    def update(self, grads, state, params, learnables, step):  # type: ignore[override]
+    def update(
+        self,
+        grads: Params,
+        state: AdapterState,
+        params: Params,
+        learnables: Params,
+        step: int,
+    ) -> tuple[Params, AdapterState]:
         new_state = []
         for i, (a, s) in enumerate(zip(self.adapters, state, strict=True)):
             grads, s = a.update(grads, s, params, self._own(i, learnables), step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch import Tensor
@@ -65,8 +66,13 @@ def select_meta_step(
             objective, adapter, steps=steps, first_order=first_order, strategy=strategy
         )
 
+    if requested in get_args(Strategy):
+        strategy: Strategy = requested  # type: ignore[assignment]  # narrowed just above
+        return Selection(strategy, build(strategy), "requested")
     if requested != "auto":
-        return Selection(requested, build(requested), "requested")  # type: ignore[arg-type]
+        raise ValueError(
+            f"unknown kernel strategy {requested!r}; use auto, batched, compiled or loop"
+        )
     batched = build("batched")
     if remaining_iterations < AUTO_COMPILE_MIN_ITERATIONS:
         return Selection(

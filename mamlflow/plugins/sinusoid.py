@@ -100,7 +100,14 @@ class Sinusoid(TaskFamily):
     def score(self, model: Callable[[dict[str, Tensor], Tensor], Tensor]) -> TaskObjective:
         return _mse(model)
 
-    def plot_examples(self, model, before, after, batch, path) -> bool:  # type: ignore[override]
+    def plot_examples(
+        self,
+        model: Callable[[dict[str, Tensor], Tensor], Tensor],
+        before: dict[str, Tensor],
+        after: dict[str, Tensor],
+        batch: TaskBatch,
+        path: str,
+    ) -> bool:
         # The paper's Figure 2: the true function, the support points, and the prediction
         # before and after adaptation, for a few tasks.
         import matplotlib
