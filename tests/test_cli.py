@@ -266,3 +266,23 @@ def test_a_plugin_can_add_a_command(tmp_path: Path) -> None:
         "name": "hello",
         "source": "hello-mamlflow-plugin 0.1 (entry point hello)",
     }.items() <= next(c for c in listed["components"] if c["kind"] == "command").items()
+
+
+def test_run_without_a_preset_names_the_available_ones() -> None:
+    r = _cli("run")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--plugin NAME" in lines[0] and "sinusoid" in lines[0]
+
+
+def test_unavailable_device_fails_before_making_a_run_dir(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA to request a missing device")
+    r = _cli("run", "--plugin", "sinusoid", "--device", "cuda", "--out", str(tmp_path / "r"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: device: 'cuda' requested but CUDA is not available; use --device cpu"
+    ]
+    assert not (tmp_path / "r").exists()

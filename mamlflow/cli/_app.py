@@ -13,10 +13,11 @@ from ._common import DEBUG_ENV, fail, report, setup_logging
 
 __all__ = ["build_app", "run_app"]
 
-HELP = """mamlflow: batched, compiled Model-Agnostic Meta-Learning for PyTorch.
-
-`metaflow` and `mamlflow` are the same command (use `mamlflow` if Netflix's Metaflow is also
-installed)."""
+HELP = (
+    "mamlflow: batched, compiled Model-Agnostic Meta-Learning for PyTorch.\n\n"
+    "`metaflow` and `mamlflow` are the same command; use `mamlflow` if Netflix's unrelated "
+    "Metaflow is also installed."
+)
 
 
 def build_app() -> typer.Typer:

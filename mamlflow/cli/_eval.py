@@ -29,17 +29,17 @@ def eval_command(
     shots: Annotated[
         int | None,
         typer.Option(
-            "--shots", "-k", min=1, help="support examples per task [default: eval.shots]"
+            "--shots", "-k", min=1, help="support examples per task (default: eval.shots)"
         ),
     ] = None,
     steps: Annotated[
-        int | None, typer.Option("--steps", min=0, help="adaptation steps [default: eval.steps]")
+        int | None, typer.Option("--steps", min=0, help="adaptation steps (default: eval.steps)")
     ] = None,
     tasks: Annotated[
-        int | None, typer.Option("--tasks", min=2, help="held-out tasks [default: eval.tasks]")
+        int | None, typer.Option("--tasks", min=2, help="held-out tasks (default: eval.tasks)")
     ] = None,
     device: Annotated[
-        str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N [default: the run's]")
+        str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG plots")] = True,

@@ -44,7 +44,10 @@ _RESUMABLE_PREFIXES = (
 
 def run(
     plugin: Annotated[
-        str | None, typer.Option("--plugin", "-p", help="preset to start from, e.g. sinusoid")
+        str | None,
+        typer.Option(
+            "--plugin", "-p", help="preset to start from, e.g. sinusoid (list: metaflow plugins)"
+        ),
     ] = None,
     config_file: Annotated[
         Path | None, typer.Option("--config", "-c", help="TOML, YAML or JSON config file")
@@ -54,7 +57,7 @@ def run(
         typer.Option("--set", "-s", help="override a key: dotted.key=value (repeatable)"),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="run directory [default: runs/NAME-TIME]")
+        Path | None, typer.Option("--out", "-o", help="run directory (default: runs/NAME-TIME)")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="seed (overrides the config)")] = None,
     device: Annotated[
@@ -86,6 +89,15 @@ def run(
             )
         resolved = _resume_config(run_dir, sets or (), overrides)
     else:
+        if (
+            plugin is None
+            and config_file is None
+            and not any(s.startswith("preset=") for s in sets or ())
+        ):
+            fail(
+                "no preset chosen: pass --plugin NAME (one of: "
+                f"{', '.join(host.names('preset'))}) or a --config file"
+            )
         resolved = resolve(
             host, preset=plugin, file=config_file, sets=sets or (), overrides=overrides
         )
@@ -95,10 +107,13 @@ def run(
                 f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                 "or choose another --out"
             )
+    cfg = resolved.config
+    # Build everything (device, model, plugins) before touching the run directory, so a bad
+    # choice leaves no half-made run behind.
+    trainer = Trainer(cfg, run_dir, host, resume=resume is not None)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_resolved(resolved, run_dir / CONFIG_NAME)
 
-    cfg = resolved.config
     total = cfg.train.iterations
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -127,7 +142,7 @@ def run(
                 }
             progress.update(bar, completed=iteration, **fields)
 
-        trainer = Trainer(cfg, run_dir, host, resume=resume is not None, on_step=on_step)
+        trainer.on_step = on_step
         progress.update(bar, completed=0)
         with _graceful_interrupt(trainer, progress.console):
             summary = trainer.fit()
