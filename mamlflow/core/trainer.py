@@ -43,10 +43,16 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise ConfigError([f"device: {name!r} is not a device; use auto, cpu or cuda"]) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            [f"device: {name!r} requested but CUDA is not available; use --device cpu"]
-        )
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                [f"device: {name!r} requested but CUDA is not available; use --device cpu"]
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                [f"device: {name!r} does not exist; this machine has cuda:0..cuda:{count - 1}"]
+            )
     return device
 
 
