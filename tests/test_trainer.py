@@ -32,13 +32,20 @@ def _config(host: PluginHost, *sets: str):
     return resolve(host, preset="sinusoid", sets=(*base, *sets)).config
 
 
-def test_resume_is_bitwise_identical(host: PluginHost, tmp_path: Path) -> None:
-    straight = Trainer(_config(host, "train.iterations=20"), tmp_path / "a", host)
+@pytest.mark.parametrize(
+    "strategy", ["batched", "loop", pytest.param("compiled", marks=pytest.mark.slow)]
+)
+def test_resume_is_bitwise_identical(host: PluginHost, tmp_path: Path, strategy: str) -> None:
+    kernel = f"kernel.strategy={strategy}"
+    straight = Trainer(_config(host, "train.iterations=20", kernel), tmp_path / "a", host)
     straight.fit()
-    half = Trainer(_config(host, "train.iterations=10"), tmp_path / "b", host)
+    half = Trainer(_config(host, "train.iterations=10", kernel), tmp_path / "b", host)
     half.fit()
-    resumed = Trainer(_config(host, "train.iterations=20"), tmp_path / "b", host, resume=True)
+    resumed = Trainer(
+        _config(host, "train.iterations=20", kernel), tmp_path / "b", host, resume=True
+    )
     summary = resumed.fit()
+    assert summary.strategy == strategy
     assert summary.iteration == 20
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     assert a.iteration == b.iteration == 20 and b.finished
