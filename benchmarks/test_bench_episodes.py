@@ -1,0 +1,70 @@
+"""Episodes per second of the numba episode kernel against its numpy twin, at Omniglot's shapes.
+
+One call gathers a meta-batch of 32 tasks, each 5-way 1-shot with 15 queries per class, from a
+random uint8 array shaped like Omniglot background + evaluation ((1623, 20, 28, 28)) with the
+1623 × 4 rotated classes in the pool (Santoro et al. 2016). Argument checks and allocation are
+timed too: this is what a task family pays per meta-batch. Every variant is checked against the
+twin, bit for bit, before it is timed. ``numba-parallel`` is the same kernel compiled with
+``parallel=True`` (prange over tasks, uncached) to keep ``_episodes.PARALLEL`` an informed choice.
+Run with ``pytest benchmarks/test_bench_episodes.py --benchmark-only`` (see README.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields
+
+import numba
+import numpy as np
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from mamlflow.core.rng import derive_key
+from mamlflow.kernels import _episodes
+from mamlflow.kernels._episodes_ref import Episodes, sample_episodes_reference
+
+CHARACTERS, DRAWINGS, SIZE = 1623, 20, 28
+META_BATCH, WAYS, SHOTS, QUERIES = 32, 5, 1, 15
+
+# (rounds, iterations per round): about 1-2 s of timing per variant on a 2-core CPU.
+SCHEDULE = {"numba": (200, 5), "numba-parallel": (200, 5), "twin": (40, 2)}
+
+
+@pytest.fixture(scope="module")
+def arguments() -> tuple:
+    images = np.random.default_rng(0).integers(
+        0, 256, (CHARACTERS, DRAWINGS, SIZE, SIZE), dtype=np.uint8
+    )
+    pool = np.arange(CHARACTERS * 4, dtype=np.int64)
+    key = derive_key(0, 0, 1)  # (seed, stream, iteration)
+    return images, pool, key, np.arange(META_BATCH, dtype=np.int64), WAYS, SHOTS, QUERIES
+
+
+@pytest.mark.parametrize("variant", ["numba", "numba-parallel", "twin"])
+def test_omniglot_meta_batch(
+    benchmark: BenchmarkFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    arguments: tuple,
+    variant: str,
+) -> None:
+    assert _episodes.numba_available()
+    if variant == "numba-parallel":
+        kernel = numba.njit(parallel=True)(_episodes._sample_kernel.py_func)
+        monkeypatch.setattr(_episodes, "_sample_kernel", kernel)
+    sample: Callable[..., Episodes] = (
+        sample_episodes_reference if variant == "twin" else _episodes.sample_episodes
+    )
+    got, want = sample(*arguments), sample_episodes_reference(*arguments)  # compiles, checks
+    for f in fields(Episodes):
+        assert np.array_equal(getattr(got, f.name), getattr(want, f.name)), f.name
+
+    rounds, iterations = SCHEDULE[variant]
+    benchmark.group = "Omniglot meta-batch (32 tasks, 5-way 1-shot 15-query, 4 rotations)"
+    benchmark.extra_info.update(
+        variant=variant,
+        meta_batch=META_BATCH,
+        numba_threads=numba.config.NUMBA_NUM_THREADS if variant == "numba-parallel" else 1,
+    )
+    benchmark.pedantic(
+        sample, args=arguments, rounds=rounds, iterations=iterations, warmup_rounds=3
+    )
