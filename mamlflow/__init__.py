@@ -15,6 +15,8 @@ from .core.algorithm import AlgorithmConfig as AlgorithmConfig
 from .core.callbacks import Callback as Callback
 from .core.checkpoint import Checkpoint as Checkpoint
 from .core.checkpoint import load_checkpoint as load_checkpoint
+from .core.components import Components as Components
+from .core.components import build_components as build_components
 from .core.config import Preset as Preset
 from .core.config import ResolvedConfig as ResolvedConfig
 from .core.config import RunConfig as RunConfig
@@ -39,9 +41,7 @@ from .core.task import ModelIO as ModelIO
 from .core.task import TaskBatch as TaskBatch
 from .core.task import TaskConfig as TaskConfig
 from .core.task import TaskFamily as TaskFamily
-from .core.trainer import Components as Components
 from .core.trainer import Trainer as Trainer
-from .core.trainer import build_components as build_components
 from .kernels import make_adapt as make_adapt
 from .kernels import make_meta_step as make_meta_step
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from mamlflow.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from mamlflow.core.components import build_components
 from mamlflow.core.config import resolve
 from mamlflow.core.errors import CheckpointError
 from mamlflow.core.evaluate import evaluate
 from mamlflow.core.host import PluginHost
-from mamlflow.core.trainer import Trainer, build_components
+from mamlflow.core.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

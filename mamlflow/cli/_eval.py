@@ -11,10 +11,10 @@ from rich.table import Table
 
 from mamlflow.core._io import atomic_write
 from mamlflow.core.checkpoint import load_checkpoint
+from mamlflow.core.components import build_components
 from mamlflow.core.config import load_saved
 from mamlflow.core.evaluate import EvalResult, evaluate
 from mamlflow.core.host import get_host
-from mamlflow.core.trainer import build_components
 
 from ._common import console, err_console
 from ._run import CONFIG_NAME

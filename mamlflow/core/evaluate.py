@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from ..kernels import make_adapt_curve
+from .components import Components
 from .learner import Params
 from .task import Split, TaskBatch
-from .trainer import Components
 
 __all__ = ["EvalExamples", "EvalResult", "evaluate"]
 
