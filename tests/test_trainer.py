@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamlflow.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from mamlflow.core.checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint
 from mamlflow.core.components import build_components
 from mamlflow.core.config import resolve
 from mamlflow.core.errors import CheckpointError
@@ -129,3 +129,26 @@ def test_float64_runs(host: PluginHost, tmp_path: Path) -> None:
     cfg = _config(host, "train.iterations=3", "kernel.dtype=float64")
     Trainer(cfg, tmp_path, host).fit()
     assert all(v.dtype == torch.float64 for v in load_checkpoint(tmp_path).params.values())
+
+
+def test_validation_is_logged_and_the_best_checkpoint_kept(
+    host: PluginHost, tmp_path: Path
+) -> None:
+    cfg = _config(
+        host,
+        "train.iterations=40",
+        "train.val_every=20",
+        "train.val_tasks=30",
+        "train.log_every=10",
+        "outer.lr=0.01",
+    )
+    Trainer(cfg, tmp_path, host).fit()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validated = [r for r in records if "val_mse" in r]
+    assert [r["iteration"] for r in validated] == [20, 40]
+    assert all(r["val_mse"] > 0 and r["val_mse_ci95"] > 0 for r in validated)
+    best = load_checkpoint(tmp_path, BEST_CHECKPOINT_NAME)
+    assert best.best == min(r["val_mse"] for r in validated)
+    assert best.iteration == min(validated, key=lambda r: r["val_mse"])["iteration"]
+    # The best value survives a resume, so a worse later validation cannot replace it.
+    assert load_checkpoint(tmp_path).best == best.best

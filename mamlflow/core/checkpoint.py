@@ -13,6 +13,7 @@ from ._io import atomic_write
 from .errors import CheckpointError
 
 __all__ = [
+    "BEST_CHECKPOINT_NAME",
     "CHECKPOINT_NAME",
     "Checkpoint",
     "load_checkpoint",
@@ -35,10 +36,15 @@ class Checkpoint:
     strategy: str
     elapsed: float
     finished: bool
+    best: float | None = None
+    """The best validation metric so far (what ``checkpoint_best.pt`` holds)."""
 
 
-def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
-    path = run_dir / CHECKPOINT_NAME
+BEST_CHECKPOINT_NAME = "checkpoint_best.pt"
+
+
+def save_checkpoint(run_dir: Path, ckpt: Checkpoint, name: str = CHECKPOINT_NAME) -> Path:
+    path = run_dir / name
     payload = {
         "format": _FORMAT,
         "iteration": ckpt.iteration,
@@ -49,15 +55,16 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "strategy": ckpt.strategy,
         "elapsed": ckpt.elapsed,
         "finished": ckpt.finished,
+        "best": ckpt.best,
     }
     atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 
-def load_checkpoint(run_dir: Path | str) -> Checkpoint:
-    """Read ``run_dir/checkpoint.pt``; a missing or damaged file is a ``CheckpointError``."""
+def load_checkpoint(run_dir: Path | str, name: str = CHECKPOINT_NAME) -> Checkpoint:
+    """Read ``run_dir/<name>``; a missing or damaged file is a ``CheckpointError``."""
     run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT_NAME
+    path = run_dir / name
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint in {run_dir}: expected {path.name}; pass the directory a "
@@ -85,6 +92,7 @@ def load_checkpoint(run_dir: Path | str) -> Checkpoint:
             strategy=str(payload["strategy"]),
             elapsed=float(payload["elapsed"]),
             finished=bool(payload["finished"]),
+            best=None if payload.get("best") is None else float(payload["best"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(

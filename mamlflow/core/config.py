@@ -62,6 +62,10 @@ class TrainConfig(_Section):
     )
     log_every: int = Field(100, ge=1, description="iterations between metrics records")
     checkpoint_every: int = Field(5_000, ge=1, description="iterations between checkpoints")
+    val_every: int | None = Field(
+        None, ge=1, description="iterations between validations (null: never); keeps the best"
+    )
+    val_tasks: int = Field(200, ge=2, description="validation tasks, adapted eval.steps steps")
     callbacks: tuple[str, ...] = Field(("metrics",), description="callback plugins to enable")
 
 

@@ -19,10 +19,17 @@ from torch import Tensor
 
 from ..kernels import Selection, select_meta_step
 from .callbacks import Callback
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    BEST_CHECKPOINT_NAME,
+    CHECKPOINT_NAME,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .components import build_components
 from .config import RunConfig
 from .errors import CheckpointError
+from .evaluate import evaluate
 from .host import PluginHost
 from .learner import Params
 
@@ -105,6 +112,7 @@ class Trainer:
             [*params.values(), *learnables.values()]
         )
         start, elapsed_before, strategy = 0, 0.0, cfg.kernel.strategy
+        best: float | None = None
         if self.resume:
             ckpt = load_checkpoint(self.run_dir)
             self._check_shapes(params, ckpt.params, "parameter")
@@ -116,7 +124,7 @@ class Trainer:
                     learnables[k].copy_(v)
             optimizer.load_state_dict(ckpt.optimizer)
             torch.set_rng_state(ckpt.rng["torch"])
-            start, elapsed_before = ckpt.iteration, ckpt.elapsed
+            start, elapsed_before, best = ckpt.iteration, ckpt.elapsed, ckpt.best
             # Keep the kernel the run started with, so resuming is bitwise exact.
             strategy = ckpt.strategy
 
@@ -130,6 +138,9 @@ class Trainer:
         scale = 1.0 / batch_size
         objective = c.family.objective(c.learner)
         steps_by_order: dict[bool, Any] = {}
+        val_every = cfg.train.val_every
+        metric = c.family.metric
+        higher_is_better = metric != "mse"
         t0 = time.perf_counter()
         interval = _Interval()
         last_record: dict[str, Any] | None = None
@@ -139,7 +150,7 @@ class Trainer:
         def elapsed() -> float:
             return elapsed_before + time.perf_counter() - t0
 
-        def save(finished: bool) -> None:
+        def save(finished: bool, name: str = CHECKPOINT_NAME) -> None:
             save_checkpoint(
                 self.run_dir,
                 Checkpoint(
@@ -151,7 +162,9 @@ class Trainer:
                     strategy=self.selection.strategy if self.selection else strategy,
                     elapsed=elapsed(),
                     finished=finished,
+                    best=best,
                 ),
+                name,
             )
 
         while iteration < total:
@@ -188,14 +201,22 @@ class Trainer:
                 result.loss if interval.loss_sum is None else interval.loss_sum + result.loss
             )
             interval.steps += 1
-            if iteration % cfg.train.log_every == 0 or iteration == total:
+            validate = val_every is not None and (iteration % val_every == 0 or iteration == total)
+            if validate or iteration % cfg.train.log_every == 0 or iteration == total:
                 now = time.perf_counter()
                 last_record = {
                     "iteration": iteration,
                     "meta_loss": float(interval.loss_sum) / interval.steps,
                     "tasks_per_s": interval.steps * batch_size / max(now - interval.started, 1e-9),
-                    "elapsed": elapsed(),
                 }
+                if validate:
+                    value, ci95 = self._validate(params, learnables)
+                    last_record[f"val_{metric}"] = value
+                    last_record[f"val_{metric}_ci95"] = ci95
+                    if best is None or (value > best if higher_is_better else value < best):
+                        best = value
+                        save(finished=False, name=BEST_CHECKPOINT_NAME)
+                last_record["elapsed"] = elapsed()
                 for cb in self.callbacks:
                     cb.on_log(last_record)
                 interval = _Interval()
@@ -219,6 +240,22 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(summary.as_dict())
         return summary
+
+    def _validate(self, params: Params, learnables: Params) -> tuple[float, float]:
+        """Mean (and 95% interval) of the metric on validation tasks after eval.steps steps."""
+        cfg = self.config
+        result, _ = evaluate(
+            self.components,
+            params,
+            learnables,
+            shots=cfg.task.shots,
+            steps=cfg.eval.steps,
+            tasks=cfg.train.val_tasks,
+            query=cfg.eval.query,
+            batch_size=cfg.eval.batch_size,
+            split="val",
+        )
+        return result.mean[-1], result.ci95[-1]
 
     def _check_shapes(self, expected: Params, found: dict[str, Tensor], what: str) -> None:
         if set(expected) != set(found) or any(
