@@ -12,6 +12,7 @@ issue asks for are compiled, and those are marked ``slow`` (``-m "not slow"`` sk
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -383,7 +384,31 @@ def _choose(requested: str, remaining: int) -> Selection:
     )
 
 
-def test_auto_picks_batched_for_short_runs() -> None:
+def _timings(monkeypatch: pytest.MonkeyPatch, **seconds: float) -> None:
+    """Make ``auto``'s measurements come out as given (real timings are machine noise)."""
+    monkeypatch.setattr(
+        _select, "_seconds_per_step", lambda strategy, step, probe: seconds[strategy]
+    )
+
+
+def test_auto_really_times_the_candidates() -> None:
+    selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS - 1)
+    assert selection.strategy in ("loop", "batched")
+    assert re.search(r"loop [\d.e+-]+ ms, batched [\d.e+-]+ ms per step", selection.reason)
+
+
+def test_auto_keeps_the_loop_when_batching_does_not_pay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What happens to convolutions on a CPU: vmap turns them into slower grouped convolutions.
+    _timings(monkeypatch, loop=1.0, batched=2.3)
+    selection = _choose("auto", 10 * AUTO_COMPILE_MIN_ITERATIONS)
+    assert selection.strategy == "loop" and "does not pay" in selection.reason
+    _assert_step_close(
+        selection.step(*_probe(_problem(), sgd(INNER_LR)), 0.2), _reference(torch.float64, False, 1)
+    )
+
+
+def test_auto_picks_batched_for_short_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    _timings(monkeypatch, loop=6.0, batched=1.0)
     selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS - 1)
     assert selection.strategy == "batched"
     assert "too few" in selection.reason
@@ -422,8 +447,16 @@ def _fake_compiled(monkeypatch: pytest.MonkeyPatch, compiled: Callable[..., Step
 
 def test_auto_compiles_long_runs_when_the_probe_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_compiled(monkeypatch, lambda eager, *args: eager(*args))
+    _timings(monkeypatch, loop=6.0, batched=1.0, compiled=0.2)
     selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS)
     assert selection.strategy == "compiled"
+
+
+def test_auto_skips_a_compile_that_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_compiled(monkeypatch, lambda eager, *args: eager(*args))
+    _timings(monkeypatch, loop=6.0, batched=1.0, compiled=1.5)
+    selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS)
+    assert selection.strategy == "batched" and "compiling does not pay" in selection.reason
 
 
 def test_auto_falls_back_when_compile_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -431,6 +464,7 @@ def test_auto_falls_back_when_compile_fails(monkeypatch: pytest.MonkeyPatch) -> 
         raise RuntimeError("inductor: no C++ compiler\nsecond line")
 
     _fake_compiled(monkeypatch, broken)
+    _timings(monkeypatch, loop=6.0, batched=1.0)
     selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS)
     assert selection.strategy == "batched"
     assert selection.reason.startswith("torch.compile failed (RuntimeError: inductor: no C++")
@@ -443,6 +477,7 @@ def test_auto_falls_back_when_compiled_disagrees(monkeypatch: pytest.MonkeyPatch
         return StepResult(r.loss, {k: v * 1.001 for k, v in r.grads.items()}, r.learnable_grads)
 
     _fake_compiled(monkeypatch, wrong)
+    _timings(monkeypatch, loop=6.0, batched=1.0)
     selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS)
     assert selection.strategy == "batched"
     assert "disagrees" in selection.reason
