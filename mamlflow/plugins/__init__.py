@@ -6,7 +6,9 @@ __all__ = ["BUILTINS"]
 
 BUILTINS: tuple[str, ...] = (
     "mamlflow.plugins.sinusoid",
+    "mamlflow.plugins.omniglot",
     "mamlflow.plugins.mlp",
+    "mamlflow.plugins.conv4",
     "mamlflow.plugins.maml",
     "mamlflow.plugins.optimizers",
     "mamlflow.plugins.callbacks",
