@@ -39,6 +39,23 @@ def test_splits_are_disjoint_and_sized_as_in_the_paper(family: Omniglot) -> None
     assert not np.array_equal(other.splits.characters["test"], chars["test"])
 
 
+def test_vinyals_split_matches_its_published_sizes(family: Omniglot, cache_dir: Path) -> None:
+    vinyals = Omniglot(
+        OmniglotConfig(name="omniglot", split="vinyals", data_dir=SHARED, cache_dir=cache_dir)
+    )
+    chars = vinyals.splits.characters
+    assert [len(chars[s]) for s in ("train", "val", "test")] == [1028, 172, 423]
+    names = vinyals.arrays.characters
+    test_alphabets = {names[i].split("/")[0] for i in chars["test"]}
+    assert "Gurmukhi" in test_alphabets and "Tibetan" in test_alphabets
+    assert {names[i] for i in chars["test"] if names[i].startswith("Gurmukhi/")} == {
+        f"Gurmukhi/character{i}" for i in (42, 43, 44, 45)
+    }
+    assert not set(chars["train"]) & set(chars["test"])
+    batch = vinyals.sample(0, 0, torch.arange(64))
+    assert set((batch.info["classes"] // 4).reshape(-1).tolist()) <= set(chars["train"].tolist())
+
+
 def test_no_test_character_is_ever_sampled_in_training(family: Omniglot) -> None:
     test_chars = set(family.splits.characters["test"].tolist())
     val_chars = set(family.splits.characters["val"].tolist())

@@ -1,8 +1,10 @@
 """Omniglot few-shot classification (the paper's §5.2) and its four presets.
 
-Characters are split as in the authors' code: a seeded shuffle of all 1,623 characters, the first
-1,100 for meta-training, the next 100 for validation, the remaining 423 for meta-testing. Each
-character rotated by 0/90/180/270° is a class of its own (Santoro et al.), in every split. The
+``split="paper"`` splits characters as the authors' code does: a seeded shuffle of all 1,623
+characters, the first 1,100 for meta-training, the next 100 for validation, the remaining 423 for
+meta-testing. ``split="vinyals"`` is the fixed alphabet split of Vinyals et al. (2016) used by
+most later work: 1,028 / 172 / 423 characters. Each character rotated by 0/90/180/270° is a class
+of its own (Santoro et al.), in every split. The
 episode sampler is the numba kernel of ``mamlflow.kernels`` (its numpy twin when numba cannot
 run), keyed by (seed, split, iteration, global task index) like every task family.
 """
@@ -13,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from mamlflow.core.task import ModelIO, Split, TaskBatch, TaskConfig, TaskFamily
 
 if TYPE_CHECKING:
     from mamlflow.kernels._episodes_ref import Episodes
+    from mamlflow.plugins._omniglot_data import OmniglotArrays
 
 __all__ = ["Omniglot", "OmniglotConfig", "OmniglotSplits"]
 
@@ -49,7 +52,10 @@ class OmniglotConfig(TaskConfig):
     download: bool = Field(True, description="download the official archives when missing")
     train_characters: int = Field(1100, ge=1, description="characters for meta-training")
     val_characters: int = Field(100, ge=0, description="characters for validation")
-    split_seed: int = Field(1, description="seed of the character shuffle that makes the splits")
+    split: Literal["paper", "vinyals"] = Field(
+        "paper", description="paper: seeded 1100/100/423 shuffle; vinyals: fixed alphabet split"
+    )
+    split_seed: int = Field(1, description="seed of the paper split's character shuffle")
     rotations: bool = Field(True, description="each 90° rotation of a character is a class")
 
     @model_validator(mode="after")
@@ -64,17 +70,49 @@ class OmniglotConfig(TaskConfig):
         return self
 
 
-class OmniglotSplits:
-    """Which characters each split may use, fixed by ``split_seed``."""
+# Vinyals et al. (2016): test = these evaluation alphabets plus Gurmukhi characters 42-45;
+# validation = these background alphabets; training = every other character.
+_VINYALS_TEST_ALPHABETS = frozenset({
+    "Kannada", "Keble", "Malayalam", "Manipuri", "Mongolian", "Old_Church_Slavonic_(Cyrillic)",
+    "Oriya", "Sylheti", "Syriac_(Serto)", "Tengwar", "Tibetan", "ULOG",
+})  # fmt: skip
+_VINYALS_TEST_EXTRA = frozenset(f"Gurmukhi/character{i}" for i in (42, 43, 44, 45))
+_VINYALS_VAL_ALPHABETS = frozenset(
+    {"Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)"}
+)
 
-    def __init__(self, config: OmniglotConfig) -> None:
-        order = np.random.default_rng(config.split_seed).permutation(NUM_CHARACTERS)
-        n_train, n_val = config.train_characters, config.val_characters
-        self.characters: dict[str, np.ndarray] = {
-            "train": np.sort(order[:n_train]),
-            "val": np.sort(order[n_train : n_train + n_val]),
-            "test": np.sort(order[n_train + n_val :]),
-        }
+
+def _vinyals_split(names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def split_of(name: str) -> str:
+        alphabet = name.split("/", 1)[0]
+        if alphabet in _VINYALS_TEST_ALPHABETS or name in _VINYALS_TEST_EXTRA:
+            return "test"
+        return "val" if alphabet in _VINYALS_VAL_ALPHABETS else "train"
+
+    which = np.array([split_of(n) for n in names])
+    return {s: np.flatnonzero(which == s) for s in ("train", "val", "test")}
+
+
+class OmniglotSplits:
+    """Which characters each split may use.
+
+    ``names`` (``"<Alphabet>/characterNN"`` per character index) is needed for the Vinyals split
+    only; the paper split is a pure function of ``split_seed``.
+    """
+
+    def __init__(self, config: OmniglotConfig, names: tuple[str, ...] | None = None) -> None:
+        if config.split == "vinyals":
+            if names is None:
+                raise ValueError("the Vinyals split needs the character names of the data")
+            self.characters = _vinyals_split(names)
+        else:
+            order = np.random.default_rng(config.split_seed).permutation(NUM_CHARACTERS)
+            n_train, n_val = config.train_characters, config.val_characters
+            self.characters = {
+                "train": np.sort(order[:n_train]),
+                "val": np.sort(order[n_train : n_train + n_val]),
+                "test": np.sort(order[n_train + n_val :]),
+            }
         rotations = np.arange(ROTATIONS if config.rotations else 1)
         # Class id = character * 4 + rotation, the episode kernel's convention.
         self.pools: dict[str, np.ndarray] = {
@@ -118,15 +156,21 @@ class Omniglot(TaskFamily):
 
     @cached_property
     def splits(self) -> OmniglotSplits:
-        return OmniglotSplits(self.config)
+        names = self.arrays.characters if self.config.split == "vinyals" else None
+        return OmniglotSplits(self.config, names)
 
     @cached_property
-    def images(self) -> np.ndarray:
-        """The (1623, 20, 28, 28) uint8 array, loaded (and cached on disk) on first use."""
+    def arrays(self) -> OmniglotArrays:
+        """All images and names, loaded (and cached on disk) on first use."""
         from mamlflow.plugins._omniglot_data import load_omniglot
 
         cfg = self.config
-        return load_omniglot(cfg.data_dir, cache_dir=cfg.cache_dir, download=cfg.download).images
+        return load_omniglot(cfg.data_dir, cache_dir=cfg.cache_dir, download=cfg.download)
+
+    @property
+    def images(self) -> np.ndarray:
+        """The (1623, 20, 28, 28) uint8 array, ink = 255."""
+        return self.arrays.images
 
     @cached_property
     def _sampler(self) -> Callable[..., Episodes]:
