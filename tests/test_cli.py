@@ -124,7 +124,7 @@ def test_run_eval_resume_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
         "--seed",
         "3",
     )
-    for name in ("config.json", "metrics.jsonl", "checkpoint.pt"):
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "learning_curve.png"):
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["config"]["seed"] == 3 and saved["provenance"]["seed"] == "--seed"

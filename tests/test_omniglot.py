@@ -152,6 +152,7 @@ def test_every_preset_runs_and_evaluates(
     assert done.value.code in (0, None)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "val_accuracy" in records[-1]
+    assert (run_dir / "learning_curve.png").stat().st_size > 0
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
         main(["eval", str(run_dir), "--json", "--no-plots"])

@@ -30,3 +30,59 @@ def plot_adaptation(results: list[EvalResult], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_learning_curve(metrics: Path, path: Path) -> bool:
+    """Meta-loss vs iteration, and the validation metric vs iteration and vs wall-clock.
+
+    Returns False (and writes nothing) when ``metrics`` holds no record yet.
+    """
+    import json
+
+    records = []
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a crash
+    if not records:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    val_key = next(
+        (k for r in records for k in r if k.startswith("val_") and not k.endswith("_ci95")), None
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    axes[0].plot([r["iteration"] for r in records], [r["meta_loss"] for r in records])
+    axes[0].set_xlabel("iteration")
+    axes[0].set_ylabel("meta-loss (train)")
+    validated = [r for r in records if val_key is not None and val_key in r]
+    for ax, x_key, label in (
+        (axes[1], "iteration", "iteration"),
+        (axes[2], "elapsed", "wall-clock (min)"),
+    ):
+        if validated:
+            scale = 1 / 60 if x_key == "elapsed" else 1
+            xs = [r[x_key] * scale for r in validated]
+            ys = [r[val_key] for r in validated]
+            ci = [r.get(f"{val_key}_ci95", 0.0) for r in validated]
+            ax.errorbar(xs, ys, yerr=ci, marker="o", capsize=2)
+            ax.set_ylabel(val_key.replace("_", " "))
+        else:
+            ax.text(
+                0.5,
+                0.5,
+                "no validation (train.val_every unset)",
+                ha="center",
+                transform=ax.transAxes,
+            )
+        ax.set_xlabel(label)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -121,12 +121,13 @@ def run(
         MofNCompleteColumn(),
         TextColumn("meta-loss {task.fields[loss]}"),
         TextColumn("{task.fields[rate]} tasks/s"),
+        TextColumn("{task.fields[val]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
         transient=False,
     ) as progress:
-        bar = progress.add_task("meta-train", total=total, loss="…", rate="…")
+        bar = progress.add_task("meta-train", total=total, loss="…", rate="…", val="")
         last_refresh = [0.0]
 
         def on_step(iteration: int, record: dict[str, Any] | None) -> None:
@@ -140,6 +141,9 @@ def run(
                     "loss": f"{record['meta_loss']:.4f}",
                     "rate": f"{record['tasks_per_s']:,.0f}",
                 }
+                for key, value in record.items():
+                    if key.startswith("val_") and not key.endswith("_ci95"):
+                        fields["val"] = f"{key.replace('_', ' ')} {value:.4f}"
             progress.update(bar, completed=iteration, **fields)
 
         trainer.on_step = on_step
@@ -147,6 +151,10 @@ def run(
         with _graceful_interrupt(trainer, progress.console):
             summary = trainer.fit()
 
+    from ._plots import plot_learning_curve
+
+    if plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "learning_curve.png"):
+        console.print(f"learning curve: {run_dir / 'learning_curve.png'}")
     table = Table(title=f"run {run_dir}", show_header=False)
     table.add_row("iterations", f"{summary.iteration:,} / {summary.iterations:,}")
     table.add_row("stopped by", summary.stopped_by)
