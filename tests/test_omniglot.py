@@ -153,6 +153,10 @@ def test_every_preset_runs_and_evaluates(
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "val_accuracy" in records[-1]
     assert (run_dir / "learning_curve.png").stat().st_size > 0
+    # The run records exactly which characters it trained on and will be tested on.
+    manifest = json.loads((run_dir / "task.json").read_text())
+    assert [len(manifest["characters"][s]) for s in ("train", "val", "test")] == [1100, 100, 423]
+    assert not set(manifest["characters"]["train"]) & set(manifest["characters"]["test"])
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
         main(["eval", str(run_dir), "--json", "--no-plots"])

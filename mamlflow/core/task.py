@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -164,6 +164,14 @@ class TaskFamily(ABC):
     @abstractmethod
     def score(self, model: Callable[[TensorDict, Tensor], Tensor]) -> TaskObjective:
         """The per-task evaluation metric ``(params, data) -> scalar`` named by ``metric``."""
+
+    def manifest(self) -> dict[str, Any]:
+        """Facts about the data a run uses (e.g. which classes each split holds), JSON-ready.
+
+        The trainer saves a non-empty manifest as ``task.json`` in the run directory, so a run
+        records exactly what it trained and will be tested on. None by default.
+        """
+        return {}
 
     def plot_examples(
         self,

@@ -7,6 +7,7 @@ callbacks, checkpoints and the time limit run between steps, never inside the co
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import Selection, select_meta_step
+from ._io import atomic_write
 from .callbacks import Callback
 from .checkpoint import (
     BEST_CHECKPOINT_NAME,
@@ -33,7 +35,9 @@ from .evaluate import evaluate
 from .host import PluginHost
 from .learner import Params
 
-__all__ = ["TrainSummary", "Trainer"]
+__all__ = ["TASK_MANIFEST", "TrainSummary", "Trainer"]
+
+TASK_MANIFEST = "task.json"
 
 log = logging.getLogger("mamlflow.trainer")
 
@@ -129,6 +133,9 @@ class Trainer:
             strategy = ckpt.strategy
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        manifest = c.family.manifest()
+        if manifest:
+            atomic_write(self.run_dir / TASK_MANIFEST, json.dumps(manifest, indent=1).encode())
         for cb in self.callbacks:
             cb.on_train_start({"iteration": start, "config": cfg})
 

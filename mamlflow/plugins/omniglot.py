@@ -165,7 +165,28 @@ class Omniglot(TaskFamily):
         from mamlflow.plugins._omniglot_data import load_omniglot
 
         cfg = self.config
-        return load_omniglot(cfg.data_dir, cache_dir=cfg.cache_dir, download=cfg.download)
+        step = [0]
+
+        def progress(done: int, total: int) -> None:
+            # The one-time 28x28 build takes seconds to a minute: say so, every ~20%.
+            if done * 5 >= step[0] * total:
+                log.info("omniglot: building the 28x28 cache, %d/%d images", done, total)
+                step[0] = done * 5 // total + 1
+
+        return load_omniglot(
+            cfg.data_dir, cache_dir=cfg.cache_dir, download=cfg.download, progress=progress
+        )
+
+    def manifest(self) -> dict[str, object]:
+        names = self.arrays.characters
+        return {
+            "split": self.config.split,
+            "split_seed": self.config.split_seed if self.config.split == "paper" else None,
+            "rotations": self.config.rotations,
+            "characters": {
+                split: [names[i] for i in chars] for split, chars in self.splits.characters.items()
+            },
+        }
 
     @property
     def images(self) -> np.ndarray:
