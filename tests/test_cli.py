@@ -32,6 +32,20 @@ def _invoke(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return capsys.readouterr().out
 
 
+def _installed_plugin(tmp_path: Path, dist: str, module: str, source: str) -> dict[str, str]:
+    """A real installed distribution (dist-info with a ``mamlflow`` entry point) on a new path.
+
+    Returns the environment that puts it on ``sys.path`` with plugin autoloading on.
+    """
+    (tmp_path / f"{module}.py").write_text(source)
+    info = tmp_path / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    entry = module.removesuffix("_mamlflow_plugin")
+    (info / "entry_points.txt").write_text(f"[mamlflow]\n{entry} = {module}\n")
+    return {"PYTHONPATH": str(tmp_path), "MAMLFLOW_AUTOLOAD_PLUGINS": "1"}
+
+
 def test_import_mamlflow_stays_light() -> None:
     code = (
         "import sys, mamlflow; heavy = [m for m in ('typer', 'rich', 'numba', 'matplotlib') "
@@ -60,14 +74,12 @@ def test_unknown_plugin_is_one_clear_line_with_suggestion() -> None:
 
 
 def test_broken_entry_point_is_one_warning_line_and_the_cli_works(tmp_path: Path) -> None:
-    (tmp_path / "broken_mamlflow_plugin.py").write_text("raise ImportError('no module named x')\n")
-    dist = tmp_path / "broken_mamlflow_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: broken-mamlflow-plugin\nVersion: 0.1\n"
+    env = _installed_plugin(
+        tmp_path,
+        "broken-mamlflow-plugin",
+        "broken_mamlflow_plugin",
+        "raise ImportError('no module named x')\n",
     )
-    (dist / "entry_points.txt").write_text("[mamlflow]\nbroken = broken_mamlflow_plugin\n")
-    env = {"PYTHONPATH": str(tmp_path), "MAMLFLOW_AUTOLOAD_PLUGINS": "1"}
     r = _cli("plugins", "--json", env=env)
     assert r.returncode == 0, r.stderr
     warning_lines = [x for x in r.stderr.splitlines() if x.strip()]
@@ -236,27 +248,19 @@ def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(tmp_path: Path) -> Non
 
 
 def test_a_plugin_can_add_a_command(tmp_path: Path) -> None:
-    (tmp_path / "hello_mamlflow_plugin.py").write_text(
-        textwrap.dedent(
-            """
-            from mamlflow import hookimpl
+    source = textwrap.dedent(
+        """
+        from mamlflow import hookimpl
 
-            def hello(name: str = "world") -> None:
-                print(f"hello {name} from a plugin")
+        def hello(name: str = "world") -> None:
+            print(f"hello {name} from a plugin")
 
-            @hookimpl
-            def register_commands(register):
-                register("hello", hello)
-            """
-        )
+        @hookimpl
+        def register_commands(register):
+            register("hello", hello)
+        """
     )
-    dist = tmp_path / "hello_mamlflow_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: hello-mamlflow-plugin\nVersion: 0.1\n"
-    )
-    (dist / "entry_points.txt").write_text("[mamlflow]\nhello = hello_mamlflow_plugin\n")
-    env = {"PYTHONPATH": str(tmp_path), "MAMLFLOW_AUTOLOAD_PLUGINS": "1"}
+    env = _installed_plugin(tmp_path, "hello-mamlflow-plugin", "hello_mamlflow_plugin", source)
     r = _cli("hello", "--name", "maml", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "hello maml from a plugin"
