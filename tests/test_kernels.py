@@ -452,6 +452,23 @@ def test_auto_compiles_long_runs_when_the_probe_agrees(monkeypatch: pytest.Monke
     assert selection.strategy == "compiled"
 
 
+def test_auto_does_not_compile_for_a_short_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_compiled(monkeypatch, lambda eager, *args: eager(*args))
+    _timings(monkeypatch, loop=6.0, batched=1.0, compiled=0.2)
+    problem, adapter = _problem(), sgd(INNER_LR)
+    selection = select_meta_step(
+        "auto",
+        problem.objective,
+        adapter,
+        steps=1,
+        first_order=False,
+        remaining_iterations=60_000,
+        probe=_probe(problem, adapter),
+        time_left=300.0,  # 300 steps of 1 s: far too few to repay a compile
+    )
+    assert selection.strategy == "batched" and "300 iterations" in selection.reason
+
+
 def test_auto_skips_a_compile_that_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_compiled(monkeypatch, lambda eager, *args: eager(*args))
     _timings(monkeypatch, loop=6.0, batched=1.0, compiled=1.5)

@@ -192,6 +192,11 @@ class Trainer:
                     steps=cfg.inner.steps,
                     first_order=first_order,
                     remaining_iterations=total - iteration,
+                    time_left=(
+                        None
+                        if cfg.train.time_limit is None
+                        else max(cfg.train.time_limit - elapsed(), 0.0)
+                    ),
                     probe=(params, learnables, batch.support, batch.query),
                 )
                 log.info("kernel: %s (%s)", self.selection.strategy, self.selection.reason)

@@ -78,11 +78,13 @@ def select_meta_step(
     first_order: bool,
     remaining_iterations: int,
     probe: Probe,
+    time_left: float | None = None,
 ) -> Selection:
     """Resolve ``kernel.strategy`` to a working meta-step.
 
     ``probe`` is ``(params, learnables, support, query)`` of the run's first shard: an explicit
     strategy is only built; ``auto`` times the candidates on it (see the module docstring).
+    ``time_left`` (seconds, from a time limit) caps the iterations a compile would serve.
     """
 
     def build(strategy: Strategy) -> MetaStep:
@@ -104,6 +106,9 @@ def select_meta_step(
     timing = f"loop {_ms(t_loop)}, batched {_ms(t_batched)} per step"
     if t_loop <= t_batched:
         return Selection("loop", loop, f"{timing}: batching does not pay here")
+    if time_left is not None:
+        # A time-limited run only gets as many steps as fit in its budget.
+        remaining_iterations = min(remaining_iterations, int(time_left / t_batched))
     if remaining_iterations < AUTO_COMPILE_MIN_ITERATIONS:
         return Selection(
             "batched", batched, f"{timing}; {remaining_iterations} iterations: too few to compile"
