@@ -37,14 +37,9 @@ def plot_learning_curve(metrics: Path, path: Path) -> bool:
 
     Returns False (and writes nothing) when ``metrics`` holds no record yet.
     """
-    import json
+    from mamlflow.plugins.callbacks import read_records
 
-    records = []
-    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a crash
+    records = read_records(metrics)
     if not records:
         return False
     import matplotlib
