@@ -27,6 +27,9 @@ def atomic_write(path: Path, content: bytes | Callable[[BinaryIO], object]) -> N
                 content(f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); keep the mode a replaced file had, else the
+        # usual 0644, so results stay readable like any other file the user writes.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
