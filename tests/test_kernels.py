@@ -1,4 +1,4 @@
-"""Parity of the meta-step kernels: ``batched`` and ``compiled`` against the reference ``loop``.
+"""Parity of the meta-step kernels: every fast strategy against the reference ``loop``.
 
 Everything runs on the real sinusoid family and the real MLP. The loop (plain autograd, one task
 at a time) is the oracle; it is itself checked against central finite differences on a tiny
@@ -22,13 +22,16 @@ from torch import Tensor
 from torch._dynamo.utils import counters
 
 from mamlflow.core.adapter import Adapter, AdapterState, Params, sgd
+from mamlflow.core.errors import ConfigError
 from mamlflow.core.learner import Learner
 from mamlflow.core.task import TaskBatch, TaskObjective
 from mamlflow.kernels import (
-    AUTO_COMPILE_MIN_ITERATIONS,
+    AUTO_COMPILE_MIN_SECONDS,
+    COMPILED_STRATEGIES,
     Selection,
     StepResult,
     _select,
+    clear_selection_cache,
     make_adapt,
     make_adapt_curve,
     make_meta_step,
@@ -182,13 +185,21 @@ def _parity_cases() -> Iterator[object]:
     yield pytest.param(
         "compiled", torch.float32, False, 1, id="compiled-second-1-float32", marks=slow
     )
+    for case in (
+        (torch.float64, False, 1),
+        (torch.float64, True, 3),
+        (torch.float64, False, 3),
+        (torch.float32, False, 1),
+    ):
+        name = f"compiled-loop-{_order(case[1])}-{case[2]}-{_dtype_name(case[0])}"
+        yield pytest.param("compiled-loop", *case, id=name, marks=slow)
 
 
 @pytest.mark.parametrize(("strategy", "dtype", "first_order", "steps"), list(_parity_cases()))
 def test_meta_step_matches_loop(
     strategy: str, dtype: torch.dtype, first_order: bool, steps: int, request: pytest.FixtureRequest
 ) -> None:
-    graphs = request.getfixturevalue("fresh_compiler") if strategy == "compiled" else None
+    graphs = request.getfixturevalue("fresh_compiler") if strategy in COMPILED_STRATEGIES else None
     expected = _reference(dtype, first_order, steps)
     actual = _run(_problem(dtype), sgd(INNER_LR), strategy, steps=steps, first_order=first_order)
     _assert_step_close(actual, expected)
@@ -204,12 +215,13 @@ def test_meta_step_matches_loop(
         pytest.param("batched", False, id="batched-second"),
         pytest.param("batched", True, id="batched-first"),
         pytest.param("compiled", False, id="compiled-second", marks=pytest.mark.slow),
+        pytest.param("compiled-loop", False, id="compiled-loop-second", marks=pytest.mark.slow),
     ],
 )
 def test_learnable_adapter_matches_loop(
     strategy: str, first_order: bool, request: pytest.FixtureRequest
 ) -> None:
-    graphs = request.getfixturevalue("fresh_compiler") if strategy == "compiled" else None
+    graphs = request.getfixturevalue("fresh_compiler") if strategy in COMPILED_STRATEGIES else None
     expected = _reference(torch.float64, first_order, 2, "meta-sgd")
     actual = _run(_problem(), MetaSGD(), strategy, steps=2, first_order=first_order)
     _assert_step_close(actual, expected)
@@ -371,7 +383,9 @@ def _probe(problem: Problem, adapter: Adapter) -> tuple[Params, Params, Params, 
     return problem.params, adapter.learnables(problem.params), b.support, b.query
 
 
-def _choose(requested: str, remaining: int) -> Selection:
+def _choose(
+    requested: str, remaining: int, time_left: float | None = None, signature: object = None
+) -> Selection:
     problem, adapter = _problem(), sgd(INNER_LR)
     return select_meta_step(
         requested,
@@ -381,51 +395,73 @@ def _choose(requested: str, remaining: int) -> Selection:
         first_order=False,
         remaining_iterations=remaining,
         probe=_probe(problem, adapter),
+        time_left=time_left,
+        signature=signature,
     )
 
 
-def _timings(monkeypatch: pytest.MonkeyPatch, **seconds: float) -> None:
-    """Make ``auto``'s measurements come out as given (real timings are machine noise)."""
-    monkeypatch.setattr(
-        _select, "_seconds_per_step", lambda strategy, step, probe: seconds[strategy]
+@pytest.fixture(autouse=True)
+def _fresh_selection_cache() -> Iterator[None]:
+    clear_selection_cache()
+    yield
+    clear_selection_cache()
+
+
+def _timings(monkeypatch: pytest.MonkeyPatch, **seconds: float) -> list[str]:
+    """Make ``auto``'s measurements come out as given (real timings are machine noise).
+
+    Returns the strategies timed, in order.
+    """
+    timed: list[str] = []
+
+    def fake(strategy: str, step: object, probe: object) -> float:
+        timed.append(strategy)
+        return seconds[strategy.replace("-", "_")]
+
+    monkeypatch.setattr(_select, "_seconds_per_step", fake)
+    return timed
+
+
+# A run long enough that every compile pays: 10× the threshold at 1 s per step.
+LONG = int(10 * AUTO_COMPILE_MIN_SECONDS)
+
+
+def _check_runs_right(selection: Selection) -> None:
+    _assert_step_close(
+        selection.step(*_probe(_problem(), sgd(INNER_LR)), 0.2), _reference(torch.float64, False, 1)
     )
 
 
 def test_auto_really_times_the_candidates() -> None:
-    selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS - 1)
+    selection = _choose("auto", 10)
     assert selection.strategy in ("loop", "batched")
     assert re.search(r"loop [\d.e+-]+ ms, batched [\d.e+-]+ ms per step", selection.reason)
+    assert "too few to repay a compile" in selection.reason
+    assert set(selection.timings) == {"loop", "batched"}
 
 
 def test_auto_keeps_the_loop_when_batching_does_not_pay(monkeypatch: pytest.MonkeyPatch) -> None:
     # What happens to convolutions on a CPU: vmap turns them into slower grouped convolutions.
     _timings(monkeypatch, loop=1.0, batched=2.3)
-    selection = _choose("auto", 10 * AUTO_COMPILE_MIN_ITERATIONS)
+    selection = _choose("auto", 10)
     assert selection.strategy == "loop" and "does not pay" in selection.reason
-    _assert_step_close(
-        selection.step(*_probe(_problem(), sgd(INNER_LR)), 0.2), _reference(torch.float64, False, 1)
-    )
+    _check_runs_right(selection)
 
 
 def test_auto_picks_batched_for_short_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     _timings(monkeypatch, loop=6.0, batched=1.0)
-    selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS - 1)
+    selection = _choose("auto", 100)
     assert selection.strategy == "batched"
-    assert "too few" in selection.reason
-    _assert_step_close(
-        selection.step(*_probe(_problem(), sgd(INNER_LR)), 0.2), _reference(torch.float64, False, 1)
-    )
+    assert "100 iterations (~100 s): too few" in selection.reason
+    _check_runs_right(selection)
 
 
-@pytest.mark.parametrize("strategy", ["loop", "batched", "compiled"])
+@pytest.mark.parametrize("strategy", ["loop", "batched", "compiled", "compiled-loop"])
 def test_explicit_strategy_is_honoured(strategy: str) -> None:
-    selection = _choose(strategy, 10 * AUTO_COMPILE_MIN_ITERATIONS)
+    selection = _choose(strategy, LONG)
     assert (selection.strategy, selection.reason) == (strategy, "requested")
-    if strategy != "compiled":  # building is lazy; running the compiled one is tested above
-        _assert_step_close(
-            selection.step(*_probe(_problem(), sgd(INNER_LR)), 0.2),
-            _reference(torch.float64, False, 1),
-        )
+    if strategy not in COMPILED_STRATEGIES:  # building is lazy; running compiled ones: above
+        _check_runs_right(selection)
 
 
 @pytest.mark.parametrize("requested", ["bached", "Auto", ""])
@@ -434,39 +470,62 @@ def test_unknown_strategy_raises(requested: str) -> None:
         _choose(requested, 10)
 
 
+def test_cudagraphs_on_a_cpu_names_the_fix() -> None:
+    selection = _choose("cudagraphs", 10)
+    with pytest.raises(ConfigError, match=r"cudagraphs needs a CUDA device.*use kernel.strategy"):
+        selection.step(*_probe(_problem(), sgd(INNER_LR)), 0.2)
+
+
 def _fake_compiled(monkeypatch: pytest.MonkeyPatch, compiled: Callable[..., StepResult]) -> None:
     """Stand in for torch.compile (tens of seconds here) in ``select_meta_step``."""
     real = _select.make_meta_step
 
     def build(*args: object, strategy: str, **kwargs: object) -> Callable[..., StepResult]:
+        if strategy not in COMPILED_STRATEGIES:
+            return real(*args, strategy=strategy, **kwargs)  # type: ignore[arg-type]
         eager = real(*args, strategy="batched", **kwargs)  # type: ignore[arg-type]
-        return functools.partial(compiled, eager) if strategy == "compiled" else eager
+        return functools.partial(compiled, eager)
 
     monkeypatch.setattr(_select, "make_meta_step", build)
 
 
+def _same(eager: Callable[..., StepResult], *args: object) -> StepResult:
+    return eager(*args)
+
+
 def test_auto_compiles_long_runs_when_the_probe_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_compiled(monkeypatch, lambda eager, *args: eager(*args))
-    _timings(monkeypatch, loop=6.0, batched=1.0, compiled=0.2)
-    selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS)
+    _fake_compiled(monkeypatch, _same)
+    timed = _timings(monkeypatch, loop=6.0, batched=1.0, compiled=0.2)
+    selection = _choose("auto", LONG)
     assert selection.strategy == "compiled"
+    assert timed == ["loop", "batched", "compiled"]  # the CPU twin of batched; no cudagraphs
+    assert "compiled matches the loop on the probe" in selection.reason
+    assert selection.timings == {"loop": 6.0, "batched": 1.0, "compiled": 0.2}
+
+
+def test_auto_compiles_the_loop_when_the_loop_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Convolutions on a CPU: the per-task structure stays, compiled.
+    _fake_compiled(monkeypatch, _same)
+    timed = _timings(monkeypatch, loop=1.0, batched=2.3, compiled_loop=0.55)
+    selection = _choose("auto", LONG)
+    assert selection.strategy == "compiled-loop"
+    assert timed == ["loop", "batched", "compiled-loop"]
+    _check_runs_right(selection)
 
 
 def test_auto_does_not_compile_for_a_short_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_compiled(monkeypatch, lambda eager, *args: eager(*args))
-    _timings(monkeypatch, loop=6.0, batched=1.0, compiled=0.2)
-    problem, adapter = _problem(), sgd(INNER_LR)
-    selection = select_meta_step(
-        "auto",
-        problem.objective,
-        adapter,
-        steps=1,
-        first_order=False,
-        remaining_iterations=60_000,
-        probe=_probe(problem, adapter),
-        time_left=300.0,  # 300 steps of 1 s: far too few to repay a compile
-    )
-    assert selection.strategy == "batched" and "300 iterations" in selection.reason
+    _fake_compiled(monkeypatch, _same)
+    timed = _timings(monkeypatch, loop=6.0, batched=1.0, compiled=0.2)
+    selection = _choose("auto", 60_000, time_left=100.0)  # 100 steps of 1 s: too few
+    assert selection.strategy == "batched" and "100 iterations" in selection.reason
+    assert "compiled" not in timed
+
+
+def test_auto_is_never_slower_than_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_compiled(monkeypatch, _same)
+    _timings(monkeypatch, loop=1.0, batched=2.0, compiled_loop=1.5)
+    selection = _choose("auto", LONG)
+    assert selection.strategy == "loop" and "compiling does not pay" in selection.reason
 
 
 def test_probe_judges_agreement_against_the_whole_gradient() -> None:
@@ -474,15 +533,18 @@ def test_probe_judges_agreement_against_the_whole_gradient() -> None:
     # rounding noise: tiny next to the largest entry, it is not a disagreement (seen with conv-4
     # in float32, where a per-tensor check rejected a correct compiled kernel).
     big = torch.tensor([100.0])
-    assert _select._close({"w": big, "b": torch.tensor([5e-4])}, {"w": big, "b": torch.zeros(1)})
-    assert not _select._close({"w": torch.tensor([100.1])}, {"w": big})
+    assert _select._close({"w": big, "b": torch.tensor([5e-3])}, {"w": big, "b": torch.zeros(1)})
+    assert not _select._close({"w": torch.tensor([100.5])}, {"w": big})
     assert not _select._close({"w": big, "b": torch.tensor([0.5])}, {"w": big, "b": torch.zeros(1)})
+    # float64 is held to rounding of float64
+    big64 = big.double()
+    assert not _select._close({"w": big64 + 1e-5}, {"w": big64})
 
 
 def test_auto_skips_a_compile_that_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_compiled(monkeypatch, lambda eager, *args: eager(*args))
+    _fake_compiled(monkeypatch, _same)
     _timings(monkeypatch, loop=6.0, batched=1.0, compiled=1.5)
-    selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS)
+    selection = _choose("auto", LONG)
     assert selection.strategy == "batched" and "compiling does not pay" in selection.reason
 
 
@@ -492,22 +554,65 @@ def test_auto_falls_back_when_compile_fails(monkeypatch: pytest.MonkeyPatch) -> 
 
     _fake_compiled(monkeypatch, broken)
     _timings(monkeypatch, loop=6.0, batched=1.0)
-    selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS)
+    selection = _choose("auto", LONG)
     assert selection.strategy == "batched"
-    assert selection.reason.startswith("torch.compile failed (RuntimeError: inductor: no C++")
+    assert "compiled failed (RuntimeError: inductor: no C++ compiler)" in selection.reason
     assert "second line" not in selection.reason  # one line for the log and the run summary
 
 
 def test_auto_falls_back_when_compiled_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
     def wrong(eager: Callable[..., StepResult], *args: object) -> StepResult:
         r = eager(*args)
-        return StepResult(r.loss, {k: v * 1.001 for k, v in r.grads.items()}, r.learnable_grads)
+        return StepResult(r.loss, {k: v * 1.01 for k, v in r.grads.items()}, r.learnable_grads)
 
     _fake_compiled(monkeypatch, wrong)
-    _timings(monkeypatch, loop=6.0, batched=1.0)
-    selection = _choose("auto", AUTO_COMPILE_MIN_ITERATIONS)
+    _timings(monkeypatch, loop=6.0, batched=1.0, compiled=0.1)
+    selection = _choose("auto", LONG)
     assert selection.strategy == "batched"
-    assert "disagrees" in selection.reason
+    assert "compiled meta-gradient disagrees with the loop" in selection.reason
+
+
+def test_auto_drops_a_batched_kernel_that_disagrees_with_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = _select.make_meta_step
+
+    def build(*args: object, strategy: str, **kwargs: object) -> Callable[..., StepResult]:
+        step = real(*args, strategy=strategy, **kwargs)  # type: ignore[arg-type]
+        if strategy != "batched":
+            return step
+
+        def wrong(*a: object) -> StepResult:
+            r = step(*a)  # type: ignore[arg-type]
+            return StepResult(r.loss, {k: -v for k, v in r.grads.items()}, r.learnable_grads)
+
+        return wrong
+
+    monkeypatch.setattr(_select, "make_meta_step", build)
+    timed = _timings(monkeypatch, loop=6.0, batched=1.0)
+    selection = _choose("auto", 10)
+    assert selection.strategy == "loop"
+    assert "batched meta-gradient disagrees with the loop" in selection.reason
+    assert timed == ["loop"]  # a wrong kernel is not even timed
+
+
+def test_auto_measures_once_per_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_compiled(monkeypatch, _same)
+    timed = _timings(monkeypatch, loop=6.0, batched=1.0, compiled=0.2)
+    first = _choose("auto", LONG, signature="mlp-a")
+    assert timed == ["loop", "batched", "compiled"]
+    again = _choose("auto", LONG, signature="mlp-a")
+    assert timed == ["loop", "batched", "compiled"]  # nothing measured the second time
+    assert again.strategy == first.strategy == "compiled"
+    assert again.reason == f"cached: {first.reason}"
+    _check_runs_right(again)
+    # A short run with the same signature reuses the eager timings and skips the compile ...
+    short = _choose("auto", 10, signature="mlp-a")
+    assert short.strategy == "batched" and timed == ["loop", "batched", "compiled"]
+    # ... and another signature, or none, measures afresh.
+    _choose("auto", 10, signature="mlp-b")
+    _choose("auto", 10)
+    assert timed[3:] == ["loop", "batched", "loop", "batched"]
 
 
 # ------------------------------------------------------------------- compile cache hygiene

@@ -76,8 +76,10 @@ class InnerConfig(_Section):
 
 
 class KernelConfig(_Section):
-    strategy: Literal["auto", "batched", "compiled", "loop"] = Field(
-        "auto", description="meta-step implementation; loop is the per-task reference"
+    strategy: Literal["auto", "loop", "batched", "compiled", "compiled-loop", "cudagraphs"] = Field(
+        "auto",
+        description="meta-step implementation: auto times the candidates on the first batch "
+        "and keeps the fastest that matches loop, the per-task reference",
     )
     dtype: Literal["float32", "float64"] = Field("float32", description="parameter dtype")
 

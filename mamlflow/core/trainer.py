@@ -198,6 +198,13 @@ class Trainer:
                         else max(cfg.train.time_limit - elapsed(), 0.0)
                     ),
                     probe=(params, learnables, batch.support, batch.query),
+                    # What shapes cannot tell apart: the architecture and the task's loss.
+                    signature=(
+                        cfg.model.model_dump_json(),
+                        cfg.task.model_dump_json(),
+                        cfg.algorithm.name,
+                        cfg.inner.model_dump_json(),
+                    ),
                 )
                 log.info("kernel: %s (%s)", self.selection.strategy, self.selection.reason)
                 meta_step = steps_by_order[first_order] = self.selection.step

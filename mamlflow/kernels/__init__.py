@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from ._maml import (
+    STRATEGIES as STRATEGIES,
+)
+from ._maml import (
     AdaptFn as AdaptFn,
 )
 from ._maml import (
@@ -23,6 +26,8 @@ from ._maml import (
 from ._maml import (
     make_meta_step as make_meta_step,
 )
-from ._select import AUTO_COMPILE_MIN_ITERATIONS as AUTO_COMPILE_MIN_ITERATIONS
+from ._select import AUTO_COMPILE_MIN_SECONDS as AUTO_COMPILE_MIN_SECONDS
+from ._select import COMPILED_STRATEGIES as COMPILED_STRATEGIES
 from ._select import Selection as Selection
+from ._select import clear_selection_cache as clear_selection_cache
 from ._select import select_meta_step as select_meta_step
