@@ -1,9 +1,10 @@
 """Wall time of one sinusoid meta-step per strategy, at the paper's shapes (Finn et al. 2017, §5.1).
 
 Meta-batch 25, K=10 support and 10 query points per task, MLP 1-40-40-1 (ReLU), one inner SGD
-step with α=0.01, second order, float32 on CPU. Every strategy runs on the same fixed batch and
-is checked against the reference loop before it is timed; ``compiled`` is compiled (and warmed
-up) outside the timed region. Run with ``pytest benchmarks --benchmark-only`` (see README.md).
+step with α=0.01, second and first order, float32 on CPU. Every strategy runs on the same fixed
+batch and is checked against the reference loop of the same order before it is timed; the
+compiled strategies are compiled (and warmed up) outside the timed region. Run with
+``pytest benchmarks --benchmark-only`` (see README.md).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from mamlflow.plugins.sinusoid import Sinusoid, SinusoidConfig
 META_BATCH = 25
 INNER_LR = 0.01
 INNER_STEPS = 1
+ORDERS = {"second": False, "first": True}  # order -> first_order
 
 # (rounds, iterations per round): 1-2 s of timing per strategy on a 2-core CPU.
 SCHEDULE: dict[Strategy, tuple[int, int]] = {
     "loop": (30, 3),
     "batched": (50, 10),
     "compiled": (100, 20),
+    "compiled-loop": (30, 5),
 }
 
 
@@ -39,10 +42,10 @@ class Setup:
     batch: TaskBatch
     objective: TaskObjective
 
-    def step(self, strategy: Strategy) -> MetaStep:
+    def step(self, strategy: Strategy, first_order: bool) -> MetaStep:
         adapter = sgd(INNER_LR)
         return make_meta_step(
-            self.objective, adapter, steps=INNER_STEPS, first_order=False, strategy=strategy
+            self.objective, adapter, steps=INNER_STEPS, first_order=first_order, strategy=strategy
         )
 
     def run(self, step: MetaStep) -> StepResult:
@@ -61,24 +64,29 @@ def setup() -> Setup:
 
 
 @pytest.fixture(scope="module")
-def reference(setup: Setup) -> StepResult:
-    return setup.run(setup.step("loop"))
+def references(setup: Setup) -> dict[str, StepResult]:
+    return {order: setup.run(setup.step("loop", first)) for order, first in ORDERS.items()}
 
 
-@pytest.mark.parametrize("strategy", ["loop", "batched", "compiled"])
+@pytest.mark.parametrize("order", list(ORDERS))
+@pytest.mark.parametrize("strategy", list(SCHEDULE))
 def test_sinusoid_meta_step(
-    benchmark: BenchmarkFixture, setup: Setup, reference: StepResult, strategy: Strategy
+    benchmark: BenchmarkFixture,
+    setup: Setup,
+    references: dict[str, StepResult],
+    strategy: Strategy,
+    order: str,
 ) -> None:
-    step = setup.step(strategy)
-    result = setup.run(step)  # compiles ``compiled``; checks every strategy before timing it
-    for k, want in reference.grads.items():
+    step = setup.step(strategy, ORDERS[order])
+    result = setup.run(step)  # compiles the compiled ones; checks every strategy before timing
+    for k, want in references[order].grads.items():
         scale = want.abs().max().item()
         torch.testing.assert_close(result.grads[k], want, rtol=1e-5, atol=1e-5 * scale)
 
     rounds, iterations = SCHEDULE[strategy]
-    benchmark.group = "sinusoid meta-step (25 tasks, K=10, 1-40-40-1, 1 step, 2nd order)"
+    benchmark.group = f"sinusoid meta-step (25 tasks, K=10, 1-40-40-1, 1 step, {order} order)"
     benchmark.extra_info.update(
-        strategy=strategy, meta_batch=META_BATCH, threads=torch.get_num_threads()
+        strategy=strategy, order=order, meta_batch=META_BATCH, threads=torch.get_num_threads()
     )
     benchmark.pedantic(
         setup.run, args=(step,), rounds=rounds, iterations=iterations, warmup_rounds=2

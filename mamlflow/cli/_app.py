@@ -8,7 +8,7 @@ import typer
 
 from mamlflow.core.errors import MamlflowError
 
-from . import _config, _eval, _plugins, _run
+from . import _bench, _config, _eval, _plugins, _run
 from ._common import DEBUG_ENV, fail, report, setup_logging
 
 __all__ = ["build_app", "run_app"]
@@ -32,6 +32,7 @@ def build_app() -> typer.Typer:
     app.command("eval")(_eval.eval_command)
     app.command("plugins")(_plugins.plugins)
     app.command("config")(_config.config)
+    app.command("bench")(_bench.bench)
     _add_plugin_commands(app)
     return app
 

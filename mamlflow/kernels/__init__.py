@@ -18,6 +18,9 @@ from ._maml import (
     Strategy as Strategy,
 )
 from ._maml import (
+    exact_float32 as exact_float32,
+)
+from ._maml import (
     make_adapt as make_adapt,
 )
 from ._maml import (

@@ -27,7 +27,8 @@ The strategies (``STRATEGIES``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -45,6 +46,7 @@ __all__ = [
     "MetaStep",
     "StepResult",
     "Strategy",
+    "exact_float32",
     "make_adapt",
     "make_adapt_curve",
     "make_meta_step",
@@ -67,6 +69,27 @@ class StepResult:
 
 MetaStep = Callable[[Params, Params, Data, Data, float], StepResult]
 AdaptFn = Callable[[Params, Params, Data], Params]
+
+
+@contextmanager
+def exact_float32(device: torch.device) -> Iterator[None]:
+    """IEEE float32 on CUDA inside the block: no TF32 in cuDNN convolutions or cuBLAS matmuls.
+
+    PyTorch lets cuDNN convolutions round to TF32 (10-bit mantissa) by default on Ampere and later
+    GPUs. Two correct kernels that pick different convolution algorithms then differ by up to
+    ~7e-2 of the largest conv-4 meta-gradient entry after a second-order step (measured on an
+    H100), which would hide a real bug. Parity is therefore checked in IEEE float32; speed is
+    measured, and training runs, with the user's settings. A no-op on other devices.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
 
 
 def _stop_gradient(tree: Params) -> Params:

@@ -9,7 +9,8 @@ batching wins by far. So ``auto`` measures, like cuDNN's benchmark mode:
 2. if the run is long enough to repay a compile (``AUTO_COMPILE_MIN_SECONDS`` of eager time
    left), it compiles the winner's twin (``batched`` → ``compiled``, and ``cudagraphs`` on CUDA;
    ``loop`` → ``compiled-loop``) and times that too;
-3. it keeps the fastest candidate whose meta-gradient matches the loop's on the probe.
+3. it keeps the fastest candidate whose meta-gradient matches the loop's on the probe (computed
+   in IEEE float32 on CUDA, see ``exact_float32``; timed with the user's TF32 settings).
 
 The loop is always a candidate, so ``auto`` is never slower than the reference (up to timing
 noise). Measurements are cached per process and signature (model, shapes, device, dtype, order,
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from ..core.adapter import Adapter
 from ..core.task import TaskObjective
-from ._maml import STRATEGIES, MetaStep, StepResult, Strategy, make_meta_step
+from ._maml import STRATEGIES, MetaStep, StepResult, Strategy, exact_float32, make_meta_step
 
 __all__ = [
     "AUTO_COMPILE_MIN_SECONDS",
@@ -199,7 +200,8 @@ def select_meta_step(
         nonlocal reference
         step = steps_built[strategy] = build(strategy)
         try:
-            result = step(*probe, 1.0)  # compiles a compiled strategy
+            with exact_float32(device):  # parity in IEEE float32, timing as configured
+                result = step(*probe, 1.0)  # compiles a compiled strategy
         except Exception as exc:  # any compiler failure means: use another candidate
             if strategy == "loop":
                 raise  # the reference itself fails: the objective is broken, say so

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The GPU check, in one call of at most 10 minutes on a machine with one CUDA GPU:
+#   1. the CUDA parity tests (pytest -m gpu: every strategy against the loop, a run end to end);
+#   2. `metaflow bench` for Omniglot 5-way 1-shot (15 query/class, 32 tasks), second order;
+#   3. a timed Omniglot 5-way 1-shot training run (the paper's preset) and its evaluation;
+#   4. `metaflow bench` for Omniglot first order and for sinusoid;
+# then a short table. Sections run in order of importance under one overall deadline, so a slow
+# machine still ends in time with the table of whatever finished.
+#
+# Needs: mamlflow importable by $PYTHON (installed, or PYTHONPATH=. from the repo root) and
+# Omniglot where mamlflow finds it (MAMLFLOW_DATA=<root> with <root>/omniglot/images_*.zip).
+#
+#   bash benchmarks/gpu_check.sh                  # results in ./gpu_check_out
+#   GPU_CHECK_OUT=/tmp/out GPU_CHECK_BUDGET=540 GPU_CHECK_TRAIN_SECONDS=150 bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+OUT_DIR=${GPU_CHECK_OUT:-gpu_check_out}
+BUDGET=${GPU_CHECK_BUDGET:-540}            # seconds for everything
+TRAIN_S=${GPU_CHECK_TRAIN_SECONDS:-150}    # train.time_limit of the Omniglot run (compile included)
+RUN_DIR=${GPU_CHECK_RUN_DIR:-$(mktemp -d)/omniglot-5w1s}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}           # cpu: a dry run of this script on any machine
+STRATEGIES=loop,batched,compiled,cudagraphs
+[[ $DEVICE == cpu ]] && STRATEGIES=loop,batched
+export PY OUT_DIR TRAIN_S RUN_DIR DEVICE PYTHONUNBUFFERED=1
+mkdir -p "$OUT_DIR"
+DEADLINE=$(( $(date +%s) + BUDGET ))
+SUMMARY=()
+
+log() { echo "[gpu_check $(date +%T)] $*" >&2; }
+
+# section NAME LIMIT_S CMD...: run CMD with the smaller of LIMIT_S and the time left.
+section() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$(( DEADLINE - $(date +%s) ))
+    if (( left < 20 )); then
+        SUMMARY+=("$name: skipped (out of time)")
+        log "$name: skipped, ${left}s left"
+        return 0
+    fi
+    (( limit > left )) && limit=$left
+    log "$name (limit ${limit}s)"
+    local start rc
+    start=$(date +%s)
+    # bash -c: timeout runs programs, and sections are shell functions
+    timeout --signal=INT --kill-after=15 "$limit" bash -c '"$@"' _ "$@"
+    rc=$?
+    local took=$(( $(date +%s) - start ))
+    if (( rc == 0 )); then
+        SUMMARY+=("$name: ok (${took}s)")
+    elif (( rc == 124 || rc == 130 )); then
+        SUMMARY+=("$name: TIMED OUT after ${took}s")
+    else
+        SUMMARY+=("$name: FAILED rc=$rc (${took}s)")
+    fi
+    return 0
+}
+
+log "environment"
+if ! "$PY" - "$DEVICE" <<'EOF' | tee "$OUT_DIR/environment.txt"; then
+import sys, torch, mamlflow
+ok = torch.cuda.is_available() or sys.argv[1] == "cpu"
+name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, mamlflow {mamlflow.__version__}, cuda {torch.version.cuda}, gpu {name}")
+sys.exit(0 if ok else 1)
+EOF
+    log "no CUDA device or mamlflow not importable: nothing to check"
+    exit 1
+fi
+
+bench() {  # bench NAME ARGS...: one `metaflow bench --json` into $OUT_DIR/NAME.json
+    local name=$1
+    shift
+    "$PY" -m mamlflow bench --device "$DEVICE" --json "$@" >"$OUT_DIR/$name.json"
+}
+export -f bench
+
+section "pytest -m gpu" 150 "$PY" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider
+section "bench omniglot 2nd" 150 bench bench_omniglot_second --plugin omniglot --order second \
+    --set task.query=15 --strategies "$STRATEGIES"
+train() {
+    "$PY" -m mamlflow run --plugin omniglot --device "$DEVICE" --out "$RUN_DIR" \
+        --set "train.time_limit=$TRAIN_S" &&
+        "$PY" -m mamlflow eval "$RUN_DIR" --json --no-plots >"$OUT_DIR/eval_omniglot.json"
+    local rc=$?
+    cp "$RUN_DIR/metrics.jsonl" "$OUT_DIR/metrics_omniglot.jsonl" 2>/dev/null
+    return $rc
+}
+export -f train
+section "train+eval omniglot 5w1s" $(( TRAIN_S + 120 )) train
+section "bench omniglot 1st" 120 bench bench_omniglot_first --plugin omniglot --order first \
+    --set task.query=15 --strategies "$STRATEGIES"
+section "bench sinusoid 2nd" 90 bench bench_sinusoid_second --plugin sinusoid --order second \
+    --strategies "$STRATEGIES"
+
+"$PY" - "$OUT_DIR" "${SUMMARY[@]}" <<'EOF' | tee "$OUT_DIR/summary.txt"
+import json, sys
+from pathlib import Path
+
+out, sections = Path(sys.argv[1]), sys.argv[2:]
+print((out / "environment.txt").read_text().strip())
+print()
+for line in sections:
+    print(f"  {line}")
+print()
+print(f"{'bench':<24} {'strategy':<14} {'tasks/s':>10} {'x loop':>8} {'peak MiB':>9} {'compile s':>9}")
+for name in ("bench_omniglot_second", "bench_omniglot_first", "bench_sinusoid_second"):
+    path = out / f"{name}.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print(f"{name:<24} (no result)")
+        continue
+    rows = {r["strategy"]: r for r in report["results"]}
+    loop = (rows.get("loop") or {}).get("tasks_per_s")
+    for strategy, r in rows.items():
+        tps = r.get("tasks_per_s")
+        if tps is None:
+            print(f"{name:<24} {strategy:<14} error: {r.get('error')}")
+            continue
+        ratio = f"{tps / loop:.1f}x" if loop else "-"
+        mem, comp = r.get("peak_mem_mib"), r.get("compile_s")
+        mem = f"{mem:.0f}" if mem is not None else "-"
+        comp = f"{comp:.1f}" if comp is not None else "-"
+        print(f"{name:<24} {strategy:<14} {tps:>10.1f} {ratio:>8} {mem:>9} {comp:>9}")
+    auto = report.get("auto") or {}
+    print(f"{name:<24} auto -> {auto.get('strategy')}: {auto.get('reason')}")
+print()
+try:
+    records = [json.loads(l) for l in (out / "metrics_omniglot.jsonl").read_text().splitlines() if l.strip()]
+except OSError:
+    records = []
+records = [r for r in records if "elapsed" in r]
+if len(records) >= 2:
+    first, last = records[0], records[-1]
+    rate = (last["iteration"] - first["iteration"]) / max(last["elapsed"] - first["elapsed"], 1e-9)
+    print(f"omniglot 5w1s run: {last['iteration']} iterations in {last['elapsed']:.0f} s "
+          f"(compile included); steady {rate:.1f} it/s incl. validation -> "
+          f"60,000 iterations ~ {60000 / rate / 60:.1f} min + start-up")
+else:
+    print("omniglot 5w1s run: no metrics")
+try:
+    ev = json.loads((out / "eval_omniglot.json").read_text())
+    results = ev["results"] if "results" in ev else [ev]
+    for r in results:
+        curve = ", ".join(f"{s}: {m:.3f}±{c:.3f}" for s, m, c in zip(r["steps"], r["mean"], r["ci95"]))
+        print(f"omniglot eval ({r['tasks']} tasks, {r['shots']}-shot) {r['metric']} by steps: {curve}")
+except (OSError, ValueError, KeyError) as err:
+    print(f"omniglot eval: no result ({err})")
+EOF
