@@ -33,6 +33,7 @@ SCHEDULE: dict[Strategy, tuple[int, int]] = {
     "batched": (50, 10),
     "compiled": (100, 20),
     "compiled-loop": (30, 5),
+    "compiled-split": (30, 5),
 }
 
 

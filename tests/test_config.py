@@ -390,7 +390,7 @@ def test_bad_value_from_file_and_preset_name_them(host: PluginHost, tmp_path: Pa
     assert issues_of(excinfo) == [
         "inner.lr: Input should be greater than 0 (from preset broken)",
         "kernel.strategy: Input should be 'auto', 'loop', 'batched', 'compiled', "
-        f"'compiled-loop' or 'cudagraphs' (from file {cfg})",
+        f"'compiled-loop', 'compiled-split' or 'cudagraphs' (from file {cfg})",
     ]
 
 
@@ -543,7 +543,9 @@ def test_config_schema_lists_every_key(host: PluginHost) -> None:
         "inner.lr", 0.01, "float", "inner learning rate (α in the paper)"
     )
     assert rows["task.name"].default is ...
-    assert rows["kernel.strategy"].type == "auto|loop|batched|compiled|compiled-loop|cudagraphs"
+    assert rows["kernel.strategy"].type == (
+        "auto|loop|batched|compiled|compiled-loop|compiled-split|cudagraphs"
+    )
     assert "task.noise" not in rows  # without a preset, plugin sections show the base fields
 
 

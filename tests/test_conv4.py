@@ -272,19 +272,23 @@ def test_compiled_meta_gradients_match_the_loop() -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("fresh_compiler")
 @pytest.mark.parametrize(
-    ("downsample", "dtype", "first_order"),
+    ("strategy", "downsample", "dtype", "first_order"),
     [
-        pytest.param("maxpool", torch.float64, False, id="maxpool-second-float64"),
-        pytest.param("stride", torch.float32, False, id="stride-second-float32"),
-        pytest.param("stride", torch.float64, True, id="stride-first-float64"),
+        pytest.param(strategy, *case, id=f"{strategy}-{name}")
+        for strategy in ("compiled-loop", "compiled-split")
+        for name, case in (
+            ("maxpool-second-float64", ("maxpool", torch.float64, False)),
+            ("stride-second-float32", ("stride", torch.float32, False)),
+            ("stride-first-float64", ("stride", torch.float64, True)),
+        )
     ],
 )
-def test_compiled_loop_meta_gradients_match_the_loop(
-    downsample: str, dtype: torch.dtype, first_order: bool
+def test_per_task_compiled_meta_gradients_match_the_loop(
+    strategy: str, downsample: str, dtype: torch.dtype, first_order: bool
 ) -> None:
-    # The CPU fast path for conv nets: one compiled graph per task, weights in channels-last.
+    # The CPU fast paths for conv nets: per-task compiled query graphs, weights in channels-last.
     before = counters["stats"]["unique_graphs"]
-    actual = _run(downsample, dtype, "compiled-loop", 1, first_order)
+    actual = _run(downsample, dtype, strategy, 1, first_order)
     assert counters["stats"]["unique_graphs"] > before, "the compiled strategy ran eagerly"
     _assert_step_close(actual, _run(downsample, dtype, "loop", 1, first_order))
     assert all(v.is_contiguous() for v in actual.grads.values())  # usable as .grad as is

@@ -58,7 +58,7 @@ def _sinusoid(dtype: torch.dtype) -> tuple[Learner, TaskBatch, object]:
         for strategy in ("batched", "compiled", "cudagraphs")
         for dtype in (torch.float64, torch.float32)
     ]
-    + [("compiled-loop", torch.float64)],
+    + [("compiled-loop", torch.float64), ("compiled-split", torch.float64)],
 )
 def test_sinusoid_strategies_match_the_loop_on_cuda(strategy: str, dtype: torch.dtype) -> None:
     learner, batch, objective = _sinusoid(dtype)

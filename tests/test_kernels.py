@@ -191,8 +191,9 @@ def _parity_cases() -> Iterator[object]:
         (torch.float64, False, 3),
         (torch.float32, False, 1),
     ):
-        name = f"compiled-loop-{_order(case[1])}-{case[2]}-{_dtype_name(case[0])}"
-        yield pytest.param("compiled-loop", *case, id=name, marks=slow)
+        for strategy in ("compiled-loop", "compiled-split"):
+            name = f"{strategy}-{_order(case[1])}-{case[2]}-{_dtype_name(case[0])}"
+            yield pytest.param(strategy, *case, id=name, marks=slow)
 
 
 @pytest.mark.parametrize(("strategy", "dtype", "first_order", "steps"), list(_parity_cases()))
@@ -216,6 +217,8 @@ def test_meta_step_matches_loop(
         pytest.param("batched", True, id="batched-first"),
         pytest.param("compiled", False, id="compiled-second", marks=pytest.mark.slow),
         pytest.param("compiled-loop", False, id="compiled-loop-second", marks=pytest.mark.slow),
+        pytest.param("compiled-split", False, id="compiled-split-second", marks=pytest.mark.slow),
+        pytest.param("compiled-split", True, id="compiled-split-first", marks=pytest.mark.slow),
     ],
 )
 def test_learnable_adapter_matches_loop(
@@ -456,7 +459,7 @@ def test_auto_picks_batched_for_short_runs(monkeypatch: pytest.MonkeyPatch) -> N
     _check_runs_right(selection)
 
 
-@pytest.mark.parametrize("strategy", ["loop", "batched", "compiled", "compiled-loop"])
+@pytest.mark.parametrize("strategy", ["loop", "batched", *sorted(COMPILED_STRATEGIES)])
 def test_explicit_strategy_is_honoured(strategy: str) -> None:
     selection = _choose(strategy, LONG)
     assert (selection.strategy, selection.reason) == (strategy, "requested")
@@ -506,10 +509,11 @@ def test_auto_compiles_long_runs_when_the_probe_agrees(monkeypatch: pytest.Monke
 def test_auto_compiles_the_loop_when_the_loop_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     # Convolutions on a CPU: the per-task structure stays, compiled.
     _fake_compiled(monkeypatch, _same)
-    timed = _timings(monkeypatch, loop=1.0, batched=2.3, compiled_loop=0.55)
+    timed = _timings(monkeypatch, loop=1.0, batched=2.3, compiled_split=0.6, compiled_loop=0.55)
     selection = _choose("auto", LONG)
     assert selection.strategy == "compiled-loop"
-    assert timed == ["loop", "batched", "compiled-loop"]
+    assert timed == ["loop", "batched", "compiled-split", "compiled-loop"]
+    assert "compiled-split 600 ms, compiled-loop 550 ms" in selection.reason
     _check_runs_right(selection)
 
 
@@ -523,7 +527,7 @@ def test_auto_does_not_compile_for_a_short_time_budget(monkeypatch: pytest.Monke
 
 def test_auto_is_never_slower_than_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_compiled(monkeypatch, _same)
-    _timings(monkeypatch, loop=1.0, batched=2.0, compiled_loop=1.5)
+    _timings(monkeypatch, loop=1.0, batched=2.0, compiled_split=1.2, compiled_loop=1.5)
     selection = _choose("auto", LONG)
     assert selection.strategy == "loop" and "compiling does not pay" in selection.reason
 
@@ -641,3 +645,44 @@ def test_a_new_scale_does_not_recompile(fresh_compiler: Callable[[], int]) -> No
     assert fresh_compiler() == 1
     for k in half.grads:
         torch.testing.assert_close(quarter.grads[k], half.grads[k] / 2)
+
+
+# ------------------------------------------------------------------------------- autocast
+
+
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
+def test_bfloat16_autocast_changes_the_numerics_only_to_its_precision(strategy: str) -> None:
+    problem = _problem(torch.float32)
+    exact = _run(problem, sgd(INNER_LR), "loop", steps=1, first_order=False)
+    step = make_meta_step(
+        problem.objective,
+        sgd(INNER_LR),
+        steps=1,
+        first_order=False,
+        strategy=strategy,  # type: ignore[arg-type]
+        autocast=torch.bfloat16,
+    )
+    batch = problem.batch
+    fast = step(problem.params, {}, batch.support, batch.query, 1 / META_BATCH)
+    assert fast.loss.dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in fast.grads.values())
+    err = _rel_diff(fast.grads, exact.grads)
+    assert 1e-5 < err < 5e-2  # bfloat16 really ran (8 significant bits), and stayed close
+
+
+def test_auto_under_autocast_judges_parity_to_bfloat16_precision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _timings(monkeypatch, loop=6.0, batched=1.0)
+    problem, adapter = _problem(torch.float32), sgd(INNER_LR)
+    selection = select_meta_step(
+        "auto",
+        problem.objective,
+        adapter,
+        steps=1,
+        first_order=False,
+        remaining_iterations=10,
+        probe=(problem.params, {}, problem.batch.support, problem.batch.query),
+        autocast=torch.bfloat16,
+    )
+    assert selection.strategy == "batched"  # bfloat16 rounding is not a disagreement

@@ -52,6 +52,11 @@ class Components:
     device: torch.device
     dtype: torch.dtype
 
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The dtype the meta-step runs under ``torch.autocast`` in, or None (kernel.autocast)."""
+        return None if self.config.kernel.autocast == "none" else torch.bfloat16
+
     def initial_params(self) -> tuple[Params, Params]:
         params = self.learner.init_params()
         return params, self.adapter.learnables(params)

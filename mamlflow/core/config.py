@@ -76,12 +76,21 @@ class InnerConfig(_Section):
 
 
 class KernelConfig(_Section):
-    strategy: Literal["auto", "loop", "batched", "compiled", "compiled-loop", "cudagraphs"] = Field(
+    strategy: Literal[
+        "auto", "loop", "batched", "compiled", "compiled-loop", "compiled-split", "cudagraphs"
+    ] = Field(
         "auto",
         description="meta-step implementation: auto times the candidates on the first batch "
         "and keeps the fastest that matches loop, the per-task reference",
     )
     dtype: Literal["float32", "float64"] = Field("float32", description="parameter dtype")
+    autocast: Literal["none", "bfloat16"] = Field(
+        "none",
+        description="bfloat16: run the meta-step's convolutions and matmuls in bfloat16 under "
+        "torch.autocast (CPUs with AVX512-BF16 or AMX, recent GPUs); parameters, optimizer and "
+        "evaluation stay in kernel.dtype. Changes the numerics: see the README for its measured "
+        "effect on speed and accuracy",
+    )
 
 
 class EvalConfig(_Section):

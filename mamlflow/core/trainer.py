@@ -205,6 +205,7 @@ class Trainer:
                         cfg.algorithm.name,
                         cfg.inner.model_dump_json(),
                     ),
+                    autocast=c.autocast,
                 )
                 log.info("kernel: %s (%s)", self.selection.strategy, self.selection.reason)
                 meta_step = steps_by_order[first_order] = self.selection.step

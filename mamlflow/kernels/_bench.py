@@ -108,6 +108,7 @@ class BenchReport:
     results: tuple[StrategyResult, ...]
     auto: AutoChoice | None
     dtype: str
+    autocast: str
     threads: int
     inner_steps: int
     flops_per_step: int | None
@@ -397,7 +398,12 @@ def benchmark(
 
     def build(strategy: Strategy) -> MetaStep:
         return make_meta_step(
-            objective, components.adapter, steps=steps, first_order=first_order, strategy=strategy
+            objective,
+            components.adapter,
+            steps=steps,
+            first_order=first_order,
+            strategy=strategy,
+            autocast=components.autocast,
         )
 
     say("measuring the fp32 matmul peak")
@@ -455,6 +461,7 @@ def benchmark(
         results=tuple(rows),
         auto=choice,
         dtype=str(components.dtype).removeprefix("torch."),
+        autocast=components.config.kernel.autocast,
         threads=torch.get_num_threads(),
         inner_steps=steps,
         flops_per_step=flops,
@@ -522,6 +529,7 @@ def _auto(
             first_order=first_order,
             remaining_iterations=components.config.train.iterations,
             probe=(params, learnables, batch.support, batch.query),
+            autocast=components.autocast,
         )
     except Exception as exc:  # like a strategy's failure: reported, not raised
         return AutoChoice("failed", _one_line(exc))

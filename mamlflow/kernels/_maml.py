@@ -21,6 +21,12 @@ The strategies (``STRATEGIES``):
   keeps the per-task structure and removes everything else: the elementwise work of batch norm and
   its double backward is fused by inductor and oneDNN gets the layout it is fastest in.
   Only one task's graph is alive at a time, so it also needs less memory than the loop.
+* ``compiled-split``: the adaptation of all tasks at once (vmapped and compiled: in the first
+  inner step every task's support pass runs through the shared θ, one large convolution), then
+  each task's query loss as a compiled graph of its own with its adapted weights in channels-last
+  layout, glued by autograd. The query pass, the large one, keeps the loop's separate
+  convolutions; the small support passes lose their per-call overhead. Memory is the loop's:
+  every task's query graph lives until the backward.
 * ``cudagraphs``: ``compiled`` with ``mode="reduce-overhead"`` (CUDA graphs), CUDA only: a
   meta-step of a small model on a GPU is launch-bound, and a replayed graph launches nothing.
 """
@@ -54,7 +60,7 @@ __all__ = [
 
 Params = dict[str, Tensor]
 Data = Mapping[str, Tensor]
-Strategy = Literal["loop", "batched", "compiled", "compiled-loop", "cudagraphs"]
+Strategy = Literal["loop", "batched", "compiled", "compiled-loop", "compiled-split", "cudagraphs"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 
@@ -236,6 +242,52 @@ def _compiled_loop_step(
     return run
 
 
+def _channels_last_view(tree: Params) -> Params:
+    """Like ``_channels_last`` but differentiable: the copy stays in the autograd graph."""
+    return {
+        k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+        for k, v in tree.items()
+    }
+
+
+def _split_step(
+    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
+) -> MetaStep:
+    adapt_all = torch.compile(
+        _own_code(
+            vmap(_inner_loop(objective, adapter, steps, first_order), in_dims=(None, None, 0))
+        ),
+        dynamic=False,
+    )
+    query_loss = torch.compile(_own_code(objective), dynamic=False)
+
+    def step(
+        params: Params, learnables: Params, support: Data, query: Data, scale: float
+    ) -> StepResult:
+        theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        phi = {k: v.detach().requires_grad_(True) for k, v in learnables.items()}
+        adapted = adapt_all(_channels_last_view(theta), phi, support)
+        num_tasks = next(iter(support.values())).shape[0]
+        ref = next(iter(theta.values()))
+        total = torch.zeros((), dtype=ref.dtype, device=ref.device)
+        for i in range(num_tasks):  # task order fixed: the sum is bitwise reproducible
+            task_params = _channels_last_view({k: v[i] for k, v in adapted.items()})
+            total = total + query_loss(task_params, {k: v[i] for k, v in query.items()})
+        total = total * scale
+        leaves = [*theta.values(), *phi.values()]
+        g = torch.autograd.grad(total, leaves, allow_unused=True) if num_tasks else leaves
+        g = [
+            torch.zeros_like(v) if gi is None or num_tasks == 0 else gi.contiguous()
+            for v, gi in zip(leaves, g, strict=True)
+        ]
+        n = len(theta)
+        return StepResult(
+            total.detach(), dict(zip(theta, g[:n], strict=True)), dict(zip(phi, g[n:], strict=True))
+        )
+
+    return step
+
+
 def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A wrapper with a code object of its own.
 
@@ -258,14 +310,25 @@ def make_meta_step(
     steps: int,
     first_order: bool,
     strategy: Strategy,
+    autocast: torch.dtype | None = None,
 ) -> MetaStep:
     """Build the meta-step for one (objective, adapter, steps, order) and a strategy.
 
     See the module docstring for what each strategy does. The compiled ones compile on their
-    first call (tens of seconds on a small CPU), not here.
+    first call (tens of seconds on a small CPU), not here. ``autocast`` (e.g. ``torch.bfloat16``)
+    runs the step under ``torch.autocast``: convolutions and matmuls in that dtype, parameters and
+    meta-gradients in theirs. It changes the numerics, so it is opt-in and parity with float32
+    holds only to its precision.
     """
+    if autocast is not None:
+        inner = make_meta_step(
+            objective, adapter, steps=steps, first_order=first_order, strategy=strategy
+        )
+        return _autocast_step(inner, autocast)
     if strategy == "loop":
         return _loop_step(objective, adapter, steps, first_order)
+    if strategy == "compiled-split":
+        return _split_step(objective, adapter, steps, first_order)
     if strategy == "compiled-loop":
         fn = _compiled_loop_step(objective, adapter, steps, first_order)
     else:
@@ -300,6 +363,18 @@ def make_meta_step(
         return StepResult(loss.detach(), g_params, g_learnables)
 
     return step
+
+
+def _autocast_step(step: MetaStep, dtype: torch.dtype) -> MetaStep:
+    def run(
+        params: Params, learnables: Params, support: Data, query: Data, scale: float
+    ) -> StepResult:
+        device_type = next(iter(params.values())).device.type
+        with torch.autocast(device_type, dtype=dtype):
+            result = step(params, learnables, support, query, scale)
+        return StepResult(result.loss.float(), result.grads, result.learnable_grads)
+
+    return run
 
 
 def _cloned(fn: Callable[..., Any]) -> Callable[..., Any]:

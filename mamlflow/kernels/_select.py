@@ -7,8 +7,8 @@ batching wins by far. So ``auto`` measures, like cuDNN's benchmark mode:
 
 1. it times the reference ``loop`` and the eager ``batched`` kernel on the probe batch;
 2. if the run is long enough to repay a compile (``AUTO_COMPILE_MIN_SECONDS`` of eager time
-   left), it compiles the winner's twin (``batched`` → ``compiled``, and ``cudagraphs`` on CUDA;
-   ``loop`` → ``compiled-loop``) and times that too;
+   left), it compiles the winner's twins (``batched`` → ``compiled``, and ``cudagraphs`` on
+   CUDA; ``loop`` → ``compiled-split`` and ``compiled-loop``) and times them too;
 3. it keeps the fastest candidate whose meta-gradient matches the loop's on the probe (computed
    in IEEE float32 on CUDA, see ``exact_float32``; timed with the user's TF32 settings).
 
@@ -34,6 +34,7 @@ from ..core.task import TaskObjective
 from ._maml import STRATEGIES, MetaStep, StepResult, Strategy, exact_float32, make_meta_step
 
 __all__ = [
+    "AUTOCAST_TOLERANCE",
     "AUTO_COMPILE_MIN_SECONDS",
     "COMPILED_STRATEGIES",
     "Selection",
@@ -47,7 +48,13 @@ AUTO_COMPILE_MIN_SECONDS = 120.0
 """``auto`` compiles only when the remaining run would take at least this long eagerly: a cold
 compile costs tens of seconds on a small CPU and would not pay back on a shorter run."""
 
-COMPILED_STRATEGIES: frozenset[Strategy] = frozenset({"compiled", "compiled-loop", "cudagraphs"})
+COMPILED_STRATEGIES: frozenset[Strategy] = frozenset(
+    {"compiled", "compiled-loop", "compiled-split", "cudagraphs"}
+)
+
+AUTOCAST_TOLERANCE = 5e-2
+"""Parity under bfloat16 autocast, relative to the largest meta-gradient entry: bfloat16 keeps 8
+significant bits, and two correct kernels round differently."""
 
 TIE = 1.1
 """A compiled candidate within this factor of the eager winner is still preferred: once warm its
@@ -81,7 +88,7 @@ def clear_selection_cache() -> None:
     _CACHE.clear()
 
 
-def _close(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+def _close(a: Mapping[str, Tensor], b: Mapping[str, Tensor], tol: float | None = None) -> bool:
     """Agreement relative to the gradient's overall scale, not tensor by tensor.
 
     Some meta-gradients are zero in exact arithmetic (a conv bias followed by batch norm) and
@@ -94,8 +101,8 @@ def _close(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
         return True
     scale = max(y.abs().max().item() for y in b.values())
     for k, x in a.items():
-        tol = 1e-9 if x.dtype == torch.float64 else 1e-3
-        if not torch.allclose(x, b[k], rtol=tol, atol=tol * scale):
+        t = tol if tol is not None else 1e-9 if x.dtype == torch.float64 else 1e-3
+        if not torch.allclose(x, b[k], rtol=t, atol=t * scale):
             return False
     return True
 
@@ -140,7 +147,7 @@ def _signature(
 
 def _twins(winner: Strategy, device: torch.device) -> tuple[Strategy, ...]:
     if winner == "loop":
-        return ("compiled-loop",)
+        return ("compiled-split", "compiled-loop")
     if device.type == "cuda":
         return ("cudagraphs", "compiled")
     return ("compiled",)
@@ -161,6 +168,7 @@ def select_meta_step(
     probe: Probe,
     time_left: float | None = None,
     signature: object = None,
+    autocast: torch.dtype | None = None,
 ) -> Selection:
     """Resolve ``kernel.strategy`` to a working meta-step.
 
@@ -169,12 +177,21 @@ def select_meta_step(
     ``time_left`` (seconds, from a time limit) caps the iterations a compile would serve.
     ``signature`` names what the shapes cannot tell apart (e.g. the model and task configs);
     with it, measurements are cached for the process, without it nothing is cached.
+    ``autocast`` runs every candidate under ``torch.autocast`` (see ``make_meta_step``); parity
+    is then judged to that dtype's precision.
     """
 
     def build(strategy: Strategy) -> MetaStep:
         return make_meta_step(
-            objective, adapter, steps=steps, first_order=first_order, strategy=strategy
+            objective,
+            adapter,
+            steps=steps,
+            first_order=first_order,
+            strategy=strategy,
+            autocast=autocast,
         )
+
+    tol = None if autocast is None else AUTOCAST_TOLERANCE
 
     if requested in STRATEGIES:
         strategy: Strategy = requested  # type: ignore[assignment]  # narrowed just above
@@ -213,8 +230,8 @@ def select_meta_step(
         else:
             assert reference is not None
             if not (
-                _close(result.grads, reference.grads)
-                and _close(result.learnable_grads, reference.learnable_grads)
+                _close(result.grads, reference.grads, tol)
+                and _close(result.learnable_grads, reference.learnable_grads, tol)
             ):
                 rejected[strategy] = "meta-gradient disagrees with the loop"
                 log.warning("kernel %s: %s on the probe", strategy, rejected[strategy])
