@@ -270,8 +270,10 @@ def _split_step(
         num_tasks = next(iter(support.values())).shape[0]
         ref = next(iter(theta.values()))
         total = torch.zeros((), dtype=ref.dtype, device=ref.device)
+        # unbind, not v[i]: each v[i]'s backward would write a zero-filled copy of all of v
+        per_task = {k: v.unbind(0) for k, v in adapted.items()}
         for i in range(num_tasks):  # task order fixed: the sum is bitwise reproducible
-            task_params = _channels_last_view({k: v[i] for k, v in adapted.items()})
+            task_params = _channels_last_view({k: v[i] for k, v in per_task.items()})
             total = total + query_loss(task_params, {k: v[i] for k, v in query.items()})
         total = total * scale
         leaves = [*theta.values(), *phi.values()]
