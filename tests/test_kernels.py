@@ -670,9 +670,15 @@ def test_bfloat16_autocast_changes_the_numerics_only_to_its_precision(strategy: 
     assert 1e-5 < err < 5e-2  # bfloat16 really ran (8 significant bits), and stayed close
 
 
-def test_auto_under_autocast_judges_parity_to_bfloat16_precision(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_auto_under_autocast_checks_parity_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[tuple[str, object]] = []
+    real = _select.make_meta_step
+
+    def build(*args: object, strategy: str, autocast: object = None, **kw: object) -> object:
+        checked.append((strategy, autocast))
+        return real(*args, strategy=strategy, autocast=autocast, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_select, "make_meta_step", build)
     _timings(monkeypatch, loop=6.0, batched=1.0)
     problem, adapter = _problem(torch.float32), sgd(INNER_LR)
     selection = select_meta_step(
@@ -685,4 +691,11 @@ def test_auto_under_autocast_judges_parity_to_bfloat16_precision(
         probe=(problem.params, {}, problem.batch.support, problem.batch.query),
         autocast=torch.bfloat16,
     )
-    assert selection.strategy == "batched"  # bfloat16 rounding is not a disagreement
+    assert selection.strategy == "batched"
+    # each candidate built twice: exact for the parity check, under autocast to run
+    assert checked == [
+        ("loop", torch.bfloat16),
+        ("loop", None),
+        ("batched", torch.bfloat16),
+        ("batched", None),
+    ]
