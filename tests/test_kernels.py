@@ -185,12 +185,7 @@ def _parity_cases() -> Iterator[object]:
     yield pytest.param(
         "compiled", torch.float32, False, 1, id="compiled-second-1-float32", marks=slow
     )
-    for case in (
-        (torch.float64, False, 1),
-        (torch.float64, True, 3),
-        (torch.float64, False, 3),
-        (torch.float32, False, 1),
-    ):
+    for case in ((torch.float64, False, 1), (torch.float64, True, 3), (torch.float32, False, 1)):
         for strategy in ("compiled-loop", "compiled-split"):
             name = f"{strategy}-{_order(case[1])}-{case[2]}-{_dtype_name(case[0])}"
             yield pytest.param(strategy, *case, id=name, marks=slow)
