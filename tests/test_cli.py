@@ -110,6 +110,7 @@ def test_plugins_json_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None
         ("model", "mlp"),
         ("algorithm", "maml"),
         ("algorithm", "fomaml"),
+        ("algorithm", "metasgd"),
         ("optimizer", "adam"),
         ("optimizer", "sgd"),
         ("preset", "sinusoid"),

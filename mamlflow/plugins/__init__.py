@@ -10,6 +10,7 @@ BUILTINS: tuple[str, ...] = (
     "mamlflow.plugins.mlp",
     "mamlflow.plugins.conv4",
     "mamlflow.plugins.maml",
+    "mamlflow.plugins.metasgd",
     "mamlflow.plugins.optimizers",
     "mamlflow.plugins.callbacks",
 )
