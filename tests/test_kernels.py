@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch._dynamo.utils import counters
 
-from mamlflow.core.adapter import Adapter, AdapterState, Params, sgd
+from mamlflow.core.adapter import Adapter, Params, sgd
 from mamlflow.core.errors import ConfigError
 from mamlflow.core.learner import Learner
 from mamlflow.core.task import TaskBatch, TaskObjective
@@ -37,6 +37,7 @@ from mamlflow.kernels import (
     make_meta_step,
     select_meta_step,
 )
+from mamlflow.plugins.metasgd import PerParameterSGD
 from mamlflow.plugins.mlp import MLP, MLPConfig
 from mamlflow.plugins.sinusoid import Sinusoid, SinusoidConfig
 
@@ -46,19 +47,9 @@ F64_ATOL = 1e-10  # max abs error, float64
 F32_RTOL = 1e-5  # relative to the largest reference entry, float32
 
 
-class MetaSGD(Adapter):
-    """Meta-SGD's inner loop: a meta-learned learning rate for every parameter entry."""
-
-    def __init__(self, lr: float = INNER_LR) -> None:
-        self.lr = lr
-
-    def learnables(self, params: Params) -> Params:
-        return {k: torch.full_like(v, self.lr) for k, v in params.items()}
-
-    def update(
-        self, grads: Params, state: AdapterState, params: Params, learnables: Params, step: int
-    ) -> tuple[Params, AdapterState]:
-        return {k: -learnables[k] * g for k, g in grads.items()}, state
+def _meta_sgd(lr: float = INNER_LR) -> Adapter:
+    """Meta-SGD's inner loop (the metasgd plugin's): a meta-learned rate for every entry."""
+    return PerParameterSGD(lr)
 
 
 @dataclass(frozen=True)
@@ -109,7 +100,7 @@ def _run(
 def _reference(
     dtype: torch.dtype, first_order: bool, steps: int, adapter_name: str = "sgd"
 ) -> StepResult:
-    adapter = MetaSGD() if adapter_name == "meta-sgd" else sgd(INNER_LR)
+    adapter = _meta_sgd() if adapter_name == "meta-sgd" else sgd(INNER_LR)
     return _run(_problem(dtype), adapter, "loop", steps=steps, first_order=first_order)
 
 
@@ -221,7 +212,7 @@ def test_learnable_adapter_matches_loop(
 ) -> None:
     graphs = request.getfixturevalue("fresh_compiler") if strategy in COMPILED_STRATEGIES else None
     expected = _reference(torch.float64, first_order, 2, "meta-sgd")
-    actual = _run(_problem(), MetaSGD(), strategy, steps=2, first_order=first_order)
+    actual = _run(_problem(), _meta_sgd(), strategy, steps=2, first_order=first_order)
     _assert_step_close(actual, expected)
     assert expected.learnable_grads.keys() == _problem().params.keys()
     assert _flat(expected.learnable_grads).abs().max() > 0
@@ -251,7 +242,7 @@ def test_second_order_meta_gradient_matches_finite_differences(strategy: str) ->
     # Tiny and smooth (tanh) so that every coordinate can be differenced; a large inner lr and
     # two steps make the second-order terms big enough that first order would fail this check.
     problem = _problem(torch.float64, hidden=(3,), activation="tanh", num_tasks=2)
-    adapter = MetaSGD(lr=0.3)
+    adapter = _meta_sgd(lr=0.3)
     lr = adapter.learnables(problem.params)
     support, query = problem.batch.support, problem.batch.query
     loop = make_meta_step(problem.objective, adapter, steps=2, first_order=False, strategy="loop")
@@ -296,7 +287,7 @@ def test_shard_results_sum_to_the_full_batch(strategy: str) -> None:
     # Data-parallel training all-reduces (sums) shard results computed with scale 1 / global
     # meta-batch size; the sum must be the full batch's result.
     problem = _problem()
-    adapter = MetaSGD()
+    adapter = _meta_sgd()
     full = _run(problem, adapter, strategy, steps=2, first_order=False)
     shards = [
         _run(
@@ -351,7 +342,7 @@ def test_adapt_and_curve_match_a_per_task_loop(adapter_name: str) -> None:
         learnables: Params = {}
         lr = {k: torch.full_like(v, 0.05) for k, v in params.items()}
     else:  # a different learning rate for every entry
-        adapter = MetaSGD()
+        adapter = _meta_sgd()
         learnables = {k: 0.01 + 0.04 * torch.rand_like(v) for k, v in params.items()}
         lr = learnables
     score = problem.objective  # mse is both the objective and the score of this family
