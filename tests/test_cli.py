@@ -112,6 +112,7 @@ def test_plugins_json_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None
         ("algorithm", "fomaml"),
         ("algorithm", "metasgd"),
         ("optimizer", "adam"),
+        ("optimizer", "adamw"),
         ("optimizer", "sgd"),
         ("preset", "sinusoid"),
         ("callback", "metrics"),

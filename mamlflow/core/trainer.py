@@ -112,9 +112,9 @@ class Trainer:
     def fit(self) -> TrainSummary:
         cfg, c = self.config, self.components
         params, learnables = (self._leaves(t) for t in c.initial_params())
-        optimizer = self.host.optimizer(cfg.outer.name)(cfg.outer).build(
-            [*params.values(), *learnables.values()]
-        )
+        outer = self.host.optimizer(cfg.outer.name)(cfg.outer)
+        leaves = [*params.values(), *learnables.values()]
+        optimizer = outer.build(leaves)
         start, elapsed_before, strategy = 0, 0.0, cfg.kernel.strategy
         best: float | None = None
         if self.resume:
@@ -214,6 +214,7 @@ class Trainer:
                 p.grad = result.grads[k]
             for k, p in learnables.items():
                 p.grad = result.learnable_grads[k]
+            outer.prepare_step(optimizer, leaves, iteration, total)
             optimizer.step()
             iteration += 1
 

@@ -1,4 +1,4 @@
-"""Outer optimizers over ``torch.optim``: Adam (the paper's choice) and SGD."""
+"""Outer optimizers over ``torch.optim``: Adam (the paper's choice), AdamW and SGD."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import Field
 from mamlflow.core.hookspecs import hookimpl
 from mamlflow.core.optim import OuterConfig, OuterOptimizer
 
-__all__ = ["SGD", "Adam", "AdamConfig", "SGDConfig"]
+__all__ = ["SGD", "Adam", "AdamConfig", "AdamW", "AdamWConfig", "SGDConfig"]
 
 
 class AdamConfig(OuterConfig):
@@ -29,6 +29,27 @@ class Adam(OuterOptimizer):
     def build(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
         c = self.config
         return torch.optim.Adam(
+            params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, foreach=True
+        )
+
+
+class AdamWConfig(OuterConfig):
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's β1, β2")
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(
+        0.01, ge=0, description="decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW"
+    )
+
+
+class AdamW(OuterOptimizer):
+    name: ClassVar[str] = "adamw"
+    Config: ClassVar[type[OuterConfig]] = AdamWConfig
+    description: ClassVar[str] = "torch.optim.AdamW (decoupled weight decay)"
+    config: AdamWConfig
+
+    def build(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.AdamW(
             params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, foreach=True
         )
 
@@ -60,4 +81,5 @@ class SGD(OuterOptimizer):
 @hookimpl
 def register_optimizers(register: Callable[[type[OuterOptimizer]], None]) -> None:
     register(Adam)
+    register(AdamW)
     register(SGD)
