@@ -10,10 +10,11 @@ import torch
 from mamlflow.core.checkpoint import load_checkpoint
 from mamlflow.core.components import build_components
 from mamlflow.core.config import resolve
+from mamlflow.core.errors import ConfigError
 from mamlflow.core.evaluate import evaluate
 from mamlflow.core.host import PluginHost
 from mamlflow.core.trainer import Trainer
-from mamlflow.kernels import make_meta_step
+from mamlflow.kernels import make_adapt, make_meta_step
 from mamlflow.plugins.metasgd import PerParameterSGD
 
 
@@ -22,7 +23,7 @@ def host() -> PluginHost:
     return PluginHost()
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "anil"])
 def test_algorithm_lowers_the_sinusoid_loss_after_adaptation(
     algorithm: str, host: PluginHost, tmp_path: Path
 ) -> None:
@@ -61,3 +62,39 @@ def test_metasgd_step_is_sgd_with_a_learned_rate_per_entry(host: PluginHost) -> 
         torch.testing.assert_close(b.grads[k], a.grads[k], rtol=0, atol=1e-10)
         torch.testing.assert_close(b.learnable_grads[k], a.learnable_grads[k], rtol=0, atol=1e-10)
     assert max(v.abs().max().item() for v in a.learnable_grads.values()) > 0
+
+
+def test_anil_adapts_only_the_head_and_matches_the_loop(host: PluginHost) -> None:
+    config = resolve(
+        host, preset="sinusoid", sets=("kernel.dtype=float64", "algorithm.name=anil")
+    ).config
+    components = build_components(config, host)
+    objective = components.family.objective(components.learner)
+    params = components.learner.init_params()
+    adapter = components.adapter
+    assert adapter.adapted(params) == {"4.weight", "4.bias"}  # the MLP's output layer
+    batch = components.family.sample(0, 0, torch.arange(4)).to("cpu", torch.float64)
+    adapted = make_adapt(objective, adapter, steps=2)(params, {}, batch.support)
+    for k, v in params.items():
+        moved = not torch.equal(adapted[k][0], v)
+        assert moved == k.startswith("4."), k
+    for first_order in (False, True):
+        loop, batched = (
+            make_meta_step(objective, adapter, steps=2, first_order=first_order, strategy=s)(
+                params, {}, batch.support, batch.query, 0.25
+            )
+            for s in ("loop", "batched")
+        )
+        for k in params:
+            torch.testing.assert_close(batched.grads[k], loop.grads[k], rtol=0, atol=1e-10)
+        # the body is meta-learned through the head's update
+        assert loop.grads["0.weight"].abs().max() > 0
+
+
+def test_anil_names_the_modules_when_the_head_is_wrong(host: PluginHost) -> None:
+    config = resolve(
+        host, preset="sinusoid", sets=("algorithm.name=anil", "algorithm.head=fc")
+    ).config
+    components = build_components(config, host)
+    with pytest.raises(ConfigError, match=r"no parameter is named 'fc'.*modules: 0, 2, 4"):
+        components.adapter.adapted(components.learner.init_params())

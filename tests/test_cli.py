@@ -111,6 +111,7 @@ def test_plugins_json_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None
         ("algorithm", "maml"),
         ("algorithm", "fomaml"),
         ("algorithm", "metasgd"),
+        ("algorithm", "anil"),
         ("optimizer", "adam"),
         ("optimizer", "adamw"),
         ("optimizer", "sgd"),

@@ -28,6 +28,14 @@ class Adapter(ABC):
         """Tensors meta-learned with θ (e.g. per-parameter learning rates); none by default."""
         return {}
 
+    def adapted(self, params: Params) -> frozenset[str] | None:
+        """Names of the parameters the inner loop adapts; None: all of them.
+
+        The kernels differentiate the inner loss only with respect to these (ANIL adapts the
+        head alone, so its inner backward stops at the head); the others stay θ in every task.
+        """
+        return None
+
     def init(self, params: Params, learnables: Params) -> AdapterState:
         """Initial state for one task's inner loop."""
         return None

@@ -102,11 +102,29 @@ def _stop_gradient(tree: Params) -> Params:
     return {k: v.detach() for k, v in tree.items()}
 
 
+def _inner_grad(objective: TaskObjective, adapter: Adapter) -> Callable[[Params, Data], Params]:
+    """``∇ L_support`` with respect to the parameters the adapter adapts (all, by default)."""
+    full = grad(objective)
+
+    def inner_grad(params: Params, data: Data) -> Params:
+        keys = adapter.adapted(params)
+        if keys is None:
+            return full(params, data)
+        fixed = {k: v for k, v in params.items() if k not in keys}
+
+        def partial(sub: Params) -> Tensor:
+            return objective({**fixed, **sub}, data)
+
+        return grad(partial)({k: v for k, v in params.items() if k in keys})
+
+    return inner_grad
+
+
 def _inner_loop(
     objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
 ) -> Callable[[Params, Params, Data], Params]:
     """One task's adaptation, written with ``torch.func.grad`` so it nests under vmap and grad."""
-    inner_grad = grad(objective)
+    inner_grad = _inner_grad(objective, adapter)
 
     def adapt(params: Params, learnables: Params, support: Data) -> Params:
         state = adapter.init(params, learnables)
@@ -165,17 +183,19 @@ def _loop_step(
             task_query = {k: v[i] for k, v in query.items()}
             fast = theta
             state = adapter.init(fast, phi)
+            keys = adapter.adapted(fast)
             for s in range(steps):
                 inner_loss = objective(fast, task_support)
+                adapted = {k: v for k, v in fast.items() if keys is None or k in keys}
                 g = torch.autograd.grad(
                     inner_loss,
-                    list(fast.values()),
+                    list(adapted.values()),
                     create_graph=not first_order,
                     allow_unused=True,
                 )
                 grads = {
                     k: torch.zeros_like(v) if gi is None else gi
-                    for (k, v), gi in zip(fast.items(), g, strict=True)
+                    for (k, v), gi in zip(adapted.items(), g, strict=True)
                 }
                 updates, state = adapter.update(grads, state, fast, phi, s)
                 fast = apply_updates(fast, updates)
@@ -412,7 +432,7 @@ def make_adapt_curve(
     Returns ``(scores, adapted)`` with ``scores`` of shape ``(tasks, steps + 1)`` and the
     parameters after the last step (leading task dimension).
     """
-    inner_grad = grad(objective)
+    inner_grad = _inner_grad(objective, adapter)
 
     def curve(params: Params, learnables: Params, support: Data, query: Data):
         state = adapter.init(params, learnables)

@@ -11,6 +11,7 @@ BUILTINS: tuple[str, ...] = (
     "mamlflow.plugins.conv4",
     "mamlflow.plugins.maml",
     "mamlflow.plugins.metasgd",
+    "mamlflow.plugins.anil",
     "mamlflow.plugins.optimizers",
     "mamlflow.plugins.callbacks",
 )
