@@ -25,33 +25,26 @@ class Adam(OuterOptimizer):
     Config: ClassVar[type[OuterConfig]] = AdamConfig
     description: ClassVar[str] = "torch.optim.Adam"
     config: AdamConfig
+    optimizer_class: ClassVar[type[torch.optim.Adam] | type[torch.optim.AdamW]] = torch.optim.Adam
 
     def build(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
         c = self.config
-        return torch.optim.Adam(
+        return self.optimizer_class(
             params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, foreach=True
         )
 
 
-class AdamWConfig(OuterConfig):
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's β1, β2")
-    eps: float = Field(1e-8, gt=0)
+class AdamWConfig(AdamConfig):
     weight_decay: float = Field(
         0.01, ge=0, description="decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW"
     )
 
 
-class AdamW(OuterOptimizer):
+class AdamW(Adam):
     name: ClassVar[str] = "adamw"
     Config: ClassVar[type[OuterConfig]] = AdamWConfig
     description: ClassVar[str] = "torch.optim.AdamW (decoupled weight decay)"
-    config: AdamWConfig
-
-    def build(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
-        c = self.config
-        return torch.optim.AdamW(
-            params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, foreach=True
-        )
+    optimizer_class = torch.optim.AdamW
 
 
 class SGDConfig(OuterConfig):
