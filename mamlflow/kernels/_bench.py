@@ -38,7 +38,7 @@ from ..core.components import Components
 from ..core.errors import ConfigError, UnknownNameError
 from ..core.learner import Params
 from ._maml import STRATEGIES, MetaStep, StepResult, Strategy, exact_float32, make_meta_step
-from ._select import COMPILED_STRATEGIES, select_meta_step
+from ._select import COMPILED_STRATEGIES, _one_line, select_meta_step
 
 __all__ = [
     "COMPILED_STRATEGIES",
@@ -299,11 +299,6 @@ def _max_rel_err(result: StepResult, reference: StepResult) -> float:
 
 def _prefixed(prefix: str, tree: Params) -> Params:
     return {prefix + k: v for k, v in tree.items()}
-
-
-def _one_line(exc: BaseException) -> str:
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 # --- arguments ----------------------------------------------------------------------------------

@@ -150,7 +150,9 @@ def _twins(winner: Strategy, device: torch.device) -> tuple[Strategy, ...]:
 
 
 def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    """``Type: first non-blank line of the message``, for one-line logs and reports."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def select_meta_step(
