@@ -164,6 +164,28 @@ def _batched_step(
     return grad_and_value(meta_loss, argnums=(0, 1))
 
 
+def _requiring_grad(tree: Params) -> Params:
+    """Fresh autograd leaves with ``tree``'s values: what an eager meta-step differentiates."""
+    return {k: v.detach().requires_grad_(True) for k, v in tree.items()}
+
+
+def _autograd_result(total: Tensor, theta: Params, phi: Params) -> StepResult:
+    """``total`` and its gradients w.r.t. the leaves θ, φ (zeros where it does not reach them)."""
+    leaves = [*theta.values(), *phi.values()]
+    if total.requires_grad:
+        g = list(torch.autograd.grad(total, leaves, allow_unused=True))
+    else:  # an empty shard: nothing depends on the leaves
+        g = [None] * len(leaves)
+    g = [
+        torch.zeros_like(v) if gi is None else gi.contiguous()
+        for v, gi in zip(leaves, g, strict=True)
+    ]
+    n = len(theta)
+    return StepResult(
+        total.detach(), dict(zip(theta, g[:n], strict=True)), dict(zip(phi, g[n:], strict=True))
+    )
+
+
 def _loop_step(
     objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
 ) -> MetaStep:
@@ -172,8 +194,7 @@ def _loop_step(
     def step(
         params: Params, learnables: Params, support: Data, query: Data, scale: float
     ) -> StepResult:
-        theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        phi = {k: v.detach().requires_grad_(True) for k, v in learnables.items()}
+        theta, phi = _requiring_grad(params), _requiring_grad(learnables)
         num_tasks = next(iter(support.values())).shape[0]
         total = torch.zeros(
             (), dtype=next(iter(theta.values())).dtype, device=next(iter(theta.values())).device
@@ -200,24 +221,14 @@ def _loop_step(
                 updates, state = adapter.update(grads, state, fast, phi, s)
                 fast = apply_updates(fast, updates)
             total = total + objective(fast, task_query)
-        total = total * scale
-        leaves = [*theta.values(), *phi.values()]
-        g = torch.autograd.grad(total, leaves, allow_unused=True)
-        g = [torch.zeros_like(v) if gi is None else gi for v, gi in zip(leaves, g, strict=True)]
-        n = len(theta)
-        return StepResult(
-            total.detach(), dict(zip(theta, g[:n], strict=True)), dict(zip(phi, g[n:], strict=True))
-        )
+        return _autograd_result(total * scale, theta, phi)
 
     return step
 
 
 def _channels_last(tree: Params) -> Params:
     """4-D tensors (conv weights, image batches) in the layout oneDNN and cuDNN are fastest in."""
-    return {
-        k: v.detach().contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
-        for k, v in tree.items()
-    }
+    return _channels_last_view(_stop_gradient(tree))
 
 
 def _compiled_loop_step(
@@ -284,8 +295,7 @@ def _split_step(
     def step(
         params: Params, learnables: Params, support: Data, query: Data, scale: float
     ) -> StepResult:
-        theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        phi = {k: v.detach().requires_grad_(True) for k, v in learnables.items()}
+        theta, phi = _requiring_grad(params), _requiring_grad(learnables)
         adapted = adapt_all(_channels_last_view(theta), phi, support)
         num_tasks = next(iter(support.values())).shape[0]
         ref = next(iter(theta.values()))
@@ -295,17 +305,7 @@ def _split_step(
         for i in range(num_tasks):  # task order fixed: the sum is bitwise reproducible
             task_params = _channels_last_view({k: v[i] for k, v in per_task.items()})
             total = total + query_loss(task_params, {k: v[i] for k, v in query.items()})
-        total = total * scale
-        leaves = [*theta.values(), *phi.values()]
-        g = torch.autograd.grad(total, leaves, allow_unused=True) if num_tasks else leaves
-        g = [
-            torch.zeros_like(v) if gi is None or num_tasks == 0 else gi.contiguous()
-            for v, gi in zip(leaves, g, strict=True)
-        ]
-        n = len(theta)
-        return StepResult(
-            total.detach(), dict(zip(theta, g[:n], strict=True)), dict(zip(phi, g[n:], strict=True))
-        )
+        return _autograd_result(total * scale, theta, phi)
 
     return step
 
