@@ -9,6 +9,7 @@ import warnings
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from mamlflow.core.errors import MamlflowError
 
@@ -21,7 +22,9 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one ``error:`` line and exit; the caller's results stay on disk untouched."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote user input and commands such as pip install "mamlflow[extra]",
+    # whose brackets rich would otherwise take for markup and drop.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 
@@ -31,7 +34,7 @@ def report(error: MamlflowError) -> NoReturn:
         raise error
     lines = str(error).splitlines() or [type(error).__name__]
     for line in lines[:-1]:
-        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     fail(lines[-1], error.exit_code)
 
 
