@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import mamlflow
 from mamlflow.cli import main
 
 
@@ -93,6 +94,47 @@ def test_broken_entry_point_is_one_warning_line_and_the_cli_works(tmp_path: Path
     assert len(strict.stderr.strip().splitlines()) == 1, strict.stderr
 
 
+# Issue 5's three broken plugins as installed packages, and the exact line each one costs.
+BROKEN_PLUGINS = {
+    "import error": (
+        "import mf_test_no_such_module\n",
+        "mamlflow: plugin 'broken' (broken-mamlflow-plugin 0.1) failed to load "
+        "(broken_mamlflow_plugin): ModuleNotFoundError: No module named 'mf_test_no_such_module'; "
+        "uninstall it with `pip uninstall broken-mamlflow-plugin` or set "
+        "MAMLFLOW_AUTOLOAD_PLUGINS=0",
+    ),
+    "misspelled hook": (
+        "from mamlflow import hookimpl\n\n@hookimpl\ndef register_presets_(register):\n    pass\n",
+        "mamlflow: plugin 'broken' (broken-mamlflow-plugin 0.1) implements unknown hook "
+        "'register_presets_' (did you mean 'register_presets'?), so none of its hooks are used; "
+        "fix the hook name in the plugin, or uninstall it with "
+        "`pip uninstall broken-mamlflow-plugin` or set MAMLFLOW_AUTOLOAD_PLUGINS=0",
+    ),
+    "duplicate name": (
+        "from mamlflow import Preset, hookimpl\n\n@hookimpl\ndef register_presets(register):\n"
+        "    register(Preset('sinusoid', 'a second sinusoid'))\n",
+        "mamlflow: plugin 'broken' (broken-mamlflow-plugin 0.1) registers a preset 'sinusoid' that "
+        "duplicates the one from mamlflow (built-in); the first one is kept — "
+        "rename it or uninstall broken-mamlflow-plugin",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN_PLUGINS))
+def test_each_broken_plugin_kind_is_one_line_and_strict_mode_exits_with_it(
+    tmp_path: Path, kind: str
+) -> None:
+    source, expected = BROKEN_PLUGINS[kind]
+    env = _installed_plugin(tmp_path, "broken-mamlflow-plugin", "broken_mamlflow_plugin", source)
+    r = _cli("plugins", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [f"warning: {expected}"]
+    assert "sinusoid" in r.stdout  # everything else is listed
+    strict = _cli("plugins", env={**env, "MAMLFLOW_STRICT_PLUGINS": "1"})
+    assert (strict.returncode, strict.stderr.splitlines()) == (1, [f"error: {expected}"])
+    assert strict.stdout == ""
+
+
 def test_config_prints_the_paper_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     out = _invoke(capsys, "config", "--plugin", "sinusoid", "--json")
     cfg = json.loads(out)
@@ -120,6 +162,8 @@ def test_plugins_json_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None
     ]:
         assert expected in names
     assert all(c["source"] == "mamlflow (built-in)" for c in listed["components"])
+    builtin = {"name": "mamlflow", "version": mamlflow.__version__}
+    assert all(c["distribution"] == builtin for c in listed["components"])
 
 
 @pytest.mark.slow
@@ -272,6 +316,7 @@ def test_a_plugin_can_add_a_command(tmp_path: Path) -> None:
         "kind": "command",
         "name": "hello",
         "source": "hello-mamlflow-plugin 0.1 (entry point hello)",
+        "distribution": {"name": "hello-mamlflow-plugin", "version": "0.1"},
     }.items() <= next(c for c in listed["components"] if c["kind"] == "command").items()
 
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+import mamlflow
 from mamlflow.core.adapter import Adapter, sgd
 from mamlflow.core.algorithm import Algorithm
 from mamlflow.core.callbacks import Callback
@@ -188,6 +189,7 @@ def test_every_hook_registers_a_component_that_lookups_return(host: PluginHost) 
     assert families[1] == Component(
         "task_family", "sinusoid", Sinusoid, "all-kinds (added at runtime)", "stand-in sinusoid"
     )
+    assert families[1].distribution is None  # added at runtime: no package to uninstall
     assert families[0].description == "A stand-in task family; only looked up, never sampled."
     assert host.components("preset")[0].description == "a tiny run"
     assert host.components("command")[0].description == "Say hello."
@@ -241,7 +243,9 @@ def test_plugins_load_on_first_lookup_not_when_the_host_is_built(
     host = PluginHost(builtins=("mf_test_lazy_builtin",), autoload=False)
     assert "mf_test_lazy_builtin" not in sys.modules
     assert host.callback("lazy").__module__ == "mf_test_lazy_builtin"
-    assert host.components("callback")[0].source == "mamlflow (built-in)"
+    builtin = host.components("callback")[0]
+    assert builtin.source == "mamlflow (built-in)"
+    assert (builtin.distribution, builtin.version) == ("mamlflow", mamlflow.__version__)
 
 
 def test_host_module_imports_no_cli_or_heavy_optional_libraries() -> None:
@@ -263,7 +267,8 @@ def test_unknown_name_suggests_the_closest_and_lists_the_rest(host: PluginHost) 
         host.task_family("omnyglot")
     assert str(info.value) == (
         "Unknown task family 'omnyglot'. Did you mean 'omniglot'? Available: omniglot, sinusoid. "
-        "Run 'metaflow plugins' to list components or 'pip install <package>' to add one."
+        "Run 'metaflow plugins' to list components "
+        "or 'metaflow plugins install <package>' to add one."
     )
     with pytest.raises(UnknownNameError, match=r"^Unknown model 'zzz'\. Available: none\. Run"):
         host.model("zzz")
@@ -521,7 +526,10 @@ def test_an_entry_point_that_fails_to_import_is_one_warning(
     assert plugin_warnings(record, "mamlflow-good") == []
     broken = [f for f in host.failures if f.plugin == "broken"]
     assert [f.source for f in broken] == ["mamlflow-broken 1.0 (entry point broken)"]
-    assert host.components("callback")[0].source == "mamlflow-good 1.0 (entry point good)"
+    assert [(f.distribution, f.version) for f in broken] == [("mamlflow-broken", "1.0")]
+    good = host.components("callback")[0]
+    assert good.source == "mamlflow-good 1.0 (entry point good)"
+    assert (good.distribution, good.version) == ("mamlflow-good", "1.0")
 
 
 def test_strict_mode_turns_a_broken_entry_point_into_an_error(
@@ -568,6 +576,84 @@ def test_an_entry_point_duplicating_a_builtin_loses_and_names_both_sources(
         "duplicates the one from mamlflow (built-in); the first one is kept — "
         "rename it or uninstall mamlflow-foo"
     )
+
+
+# Issue 5's three broken plugins, as installed packages: each kind's documented line, in full.
+BROKEN_KINDS = {
+    "import error": (
+        "mamlflow-broken",
+        "broken",
+        "import mf_test_no_such_module\n",
+        "mamlflow: plugin 'broken' (mamlflow-broken 1.0) failed to load (mf_test_broken_kind): "
+        "ModuleNotFoundError: No module named 'mf_test_no_such_module'; "
+        "uninstall it with `pip uninstall mamlflow-broken` or set MAMLFLOW_AUTOLOAD_PLUGINS=0",
+    ),
+    "misspelled hook": (
+        "mamlflow-typo",
+        "typo",
+        CALLBACK_PLUGIN.format(name="typo")
+        + "\n\n@hookimpl\ndef register_task_familes(register):\n    pass\n",
+        "mamlflow: plugin 'typo' (mamlflow-typo 1.0) implements unknown hook "
+        "'register_task_familes' (did you mean 'register_task_families'?), so none of its hooks "
+        "are used; fix the hook name in the plugin, or uninstall it with "
+        "`pip uninstall mamlflow-typo` or set MAMLFLOW_AUTOLOAD_PLUGINS=0",
+    ),
+    "duplicate name": (
+        "mamlflow-foo",
+        "foo",
+        PRESET_PLUGIN.format(description="foo's"),
+        "mamlflow: plugin 'foo' (mamlflow-foo 1.0) registers a preset 'sinusoid' that "
+        "duplicates the one from mamlflow (built-in); the first one is kept — "
+        "rename it or uninstall mamlflow-foo",
+    ),
+}
+
+
+@pytest.fixture(params=list(BROKEN_KINDS))
+def broken(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    install: Callable[[str, str, str, str], None],
+    cleanup_modules: list[str],
+) -> tuple[tuple[str, ...], str]:
+    """One kind of broken plugin, installed: the host's built-ins and the expected line."""
+    dist, entry_point, source, expected = BROKEN_KINDS[request.param]
+    # A built-in preset 'sinusoid' for the duplicate to clash with; harmless for the others.
+    write_module(tmp_path, "mf_test_builtin", PRESET_PLUGIN.format(description="built-in one"))
+    cleanup_modules.append("mf_test_builtin")
+    install(dist, entry_point, "mf_test_broken_kind", source)
+    return ("mf_test_builtin",), expected
+
+
+def test_each_broken_plugin_kind_is_its_documented_one_line_warning(
+    broken: tuple[tuple[str, ...], str],
+) -> None:
+    builtins, expected = broken
+    host = PluginHost(autoload=True, builtins=builtins, strict=False)
+    with pytest.warns(PluginWarning) as record:
+        components = host.components()
+    assert assert_one_line_warning(record) == expected
+    assert [f.message for f in host.failures] == [expected]
+    assert ("preset", "sinusoid") in {(c.kind, c.name) for c in components}  # the rest works
+
+
+@pytest.mark.parametrize("switch", ["argument", "environment"])
+def test_strict_mode_turns_each_broken_plugin_kind_into_an_error_with_the_same_line(
+    broken: tuple[tuple[str, ...], str], monkeypatch: pytest.MonkeyPatch, switch: str
+) -> None:
+    builtins, expected = broken
+    monkeypatch.setenv("MAMLFLOW_STRICT_PLUGINS", "1" if switch == "environment" else "0")
+    strict = True if switch == "argument" else None
+    host = PluginHost(autoload=True, builtins=builtins, strict=strict)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # strict raises instead of warning
+        with pytest.raises(PluginError) as info:
+            host.components()
+        assert str(info.value) == expected
+        with pytest.raises(PluginError) as again:  # and stays raised
+            host.names("callback")
+        assert str(again.value) == expected
+    assert [f.message for f in host.failures] == [expected]
 
 
 @pytest.mark.parametrize("switch", ["argument", "environment"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 
@@ -20,7 +21,8 @@ HELP = (
 )
 
 
-def build_app() -> typer.Typer:
+def build_app(argv: list[str] | None = None) -> typer.Typer:
+    """The app for ``argv`` (the arguments after the program name)."""
     app = typer.Typer(
         help=HELP,
         no_args_is_help=True,
@@ -30,11 +32,19 @@ def build_app() -> typer.Typer:
     )
     app.command("run")(_run.run)
     app.command("eval")(_eval.eval_command)
-    app.command("plugins")(_plugins.plugins)
+    app.add_typer(_plugins.build_group(), name="plugins")
     app.command("config")(_config.config)
     app.command("bench")(_bench.bench)
+    # Installing and uninstalling plugins must work while an installed plugin is broken (even in
+    # strict mode, where loading it is an error), so those two never load plugins.
+    if _installs_plugins(sys.argv[1:] if argv is None else argv):
+        return app
     _add_plugin_commands(app)
     return app
+
+
+def _installs_plugins(argv: list[str]) -> bool:
+    return argv[:1] == ["plugins"] and argv[1:2] in (["install"], ["uninstall"])
 
 
 def _add_plugin_commands(app: typer.Typer) -> None:
@@ -50,7 +60,7 @@ def _add_plugin_commands(app: typer.Typer) -> None:
 def run_app(argv: list[str] | None = None) -> None:
     setup_logging()
     try:
-        app = build_app()
+        app = build_app(argv)
         app(args=argv, prog_name=os.path.basename(_prog_name()), standalone_mode=True)
     except MamlflowError as error:
         report(error)
@@ -65,6 +75,4 @@ def run_app(argv: list[str] | None = None) -> None:
 
 
 def _prog_name() -> str:
-    import sys
-
     return sys.argv[0] if sys.argv and sys.argv[0] else "metaflow"

@@ -101,6 +101,10 @@ class Component:
     source: str
     """``"mamlflow (built-in)"`` or ``"mamlflow-foo 1.2 (entry point foo)"``."""
     description: str
+    distribution: str | None = None
+    """The installed package it came from (``"mamlflow"`` for built-ins): what to uninstall."""
+    version: str | None = None
+    """That package's version (``None`` when ``distribution`` is)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,10 @@ class PluginFailure:
     source: str
     message: str
     """The one-line text of the warning."""
+    distribution: str | None = None
+    """The installed package the plugin came from, as in ``Component.distribution``."""
+    version: str | None = None
+    """That package's version (``None`` when ``distribution`` is)."""
 
 
 class PluginWarning(UserWarning):
@@ -123,7 +131,7 @@ class _Plugin:
 
     name: str
     origin: Literal["builtin", "entry_point", "runtime"]
-    dist: str | None = None
+    dist: str | None = None  # "mamlflow" for built-ins; None for runtime plugins
     version: str | None = None
 
     @property
@@ -237,6 +245,16 @@ class PluginHost:
         """Every plugin problem reported so far (a copy), in the order they happened."""
         return list(self._failures)
 
+    @property
+    def autoload(self) -> bool:
+        """Whether installed entry points are loaded (``MAMLFLOW_AUTOLOAD_PLUGINS``)."""
+        return self._autoload
+
+    @property
+    def strict(self) -> bool:
+        """Whether a plugin problem raises ``PluginError`` (``MAMLFLOW_STRICT_PLUGINS``)."""
+        return self._strict
+
     # -- runtime plugins -------------------------------------------------------------------------
 
     def add_plugin(self, plugin: object, name: str) -> Callable[[], None]:
@@ -271,8 +289,12 @@ class PluginHost:
         if self._pm is None:
             self._pm = pluggy.PluginManager(hookspecs.PROJECT)
             self._pm.add_hookspecs(hookspecs)
+            version = _mamlflow_version()
             for module_path in self._builtins:
-                self._load(_Plugin(name=module_path, origin="builtin"), module_path, None)
+                record = _Plugin(
+                    name=module_path, origin="builtin", dist="mamlflow", version=version
+                )
+                self._load(record, module_path, None)
             if self._autoload:
                 for ep in _entry_points():
                     dist = ep.dist
@@ -395,7 +417,17 @@ class PluginHost:
         def keep(name: object, obj: Any) -> None:
             problem = _validate(kind, name, obj)
             if problem is None:
-                staged.append(Component(kind, cast(str, name), obj, record.source, _doc(obj)))
+                staged.append(
+                    Component(
+                        kind,
+                        cast(str, name),
+                        obj,
+                        record.source,
+                        _doc(obj),
+                        record.dist,
+                        record.version,
+                    )
+                )
             else:
                 problems.append(
                     f"registered {_describe(obj)} as a {_LABELS[kind][0]}, but {problem}; "
@@ -435,7 +467,9 @@ class PluginHost:
         message = _one_line(f"mamlflow: {record.who} {problem}")
         # Registries are rebuilt after add_plugin(); the same problem is reported only once.
         if all(f.message != message for f in self._failures):
-            self._failures.append(PluginFailure(record.name, record.source, message))
+            self._failures.append(
+                PluginFailure(record.name, record.source, message, record.dist, record.version)
+            )
             if not self._strict:
                 # A fixed location keeps the printed warning to one line (no source line).
                 warnings.warn_explicit(
@@ -470,6 +504,13 @@ def _env_flag(name: str, *, default: bool) -> bool:
     if not value:
         return default
     return value not in {"0", "false", "no", "off"}
+
+
+def _mamlflow_version() -> str:
+    # Imported here, not at module level: mamlflow/__init__ imports this module first.
+    from .. import __version__
+
+    return __version__
 
 
 def _check_kind(kind: str) -> ComponentKind:
@@ -535,7 +576,8 @@ def _unknown_name_message(kind: ComponentKind, name: str, available: list[str]) 
     listed = ", ".join(available) if available else "none"
     return (
         f"Unknown {_LABELS[kind][0]} '{name}'.{did_you_mean} Available: {listed}. "
-        "Run 'metaflow plugins' to list components or 'pip install <package>' to add one."
+        "Run 'metaflow plugins' to list components "
+        "or 'metaflow plugins install <package>' to add one."
     )
 
 
