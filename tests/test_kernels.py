@@ -403,7 +403,7 @@ def _timings(monkeypatch: pytest.MonkeyPatch, **seconds: float) -> list[str]:
     """
     timed: list[str] = []
 
-    def fake(strategy: str, step: object, probe: object) -> float:
+    def fake(strategy: str, step: object, probe: object, scale: object) -> float:
         timed.append(strategy)
         return seconds[strategy.replace("-", "_")]
 

@@ -1,7 +1,10 @@
-"""Algorithm: which inner-loop rule and which derivative order a meta-learner uses.
+"""Algorithm: which inner-loop rule, derivative order, loss and kernels a meta-learner uses.
 
-``maml`` and ``fomaml`` differ only here; later members of the family (Meta-SGD's learned
-learning rates, MAML++'s per-step rates) return adapters with learnable tensors.
+``maml`` and ``fomaml`` differ only in the derivative order; Meta-SGD's learned learning rates
+and MAML++'s per-step rates are adapters with learnable tensors; MAML++'s multi-step loss is
+``step_weights``; Reptile, whose outer update is not a gradient of a query loss, brings kernels
+of its own through ``make_meta_step``. The trainer asks the algorithm at every iteration, between
+steps, so each of these may change over a run (derivative-order and multi-step-loss annealing).
 """
 
 from __future__ import annotations
@@ -9,10 +12,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
+
 from .adapter import Adapter
 from .plugin_config import PluginConfig
+from .task import TaskObjective
 
 if TYPE_CHECKING:
+    from ..kernels import MetaStep, Strategy
     from .config import InnerConfig
 
 __all__ = ["Algorithm", "AlgorithmConfig"]
@@ -36,6 +43,48 @@ class Algorithm(ABC):
     def adapter(self, inner: InnerConfig) -> Adapter:
         """The inner-loop update rule for the run's ``inner`` settings."""
 
+    strategies: ClassVar[tuple[Strategy, ...] | None] = None
+    """The kernel strategies ``make_meta_step`` implements; None: all of ``kernels.STRATEGIES``."""
+
     def first_order(self, inner: InnerConfig, iteration: int) -> bool:
         """Whether the meta-gradient at ``iteration`` ignores second derivatives."""
         return inner.first_order
+
+    def step_weights(
+        self, inner: InnerConfig, iteration: int, iterations: int
+    ) -> tuple[float, ...] | None:
+        """Weights of the query loss after each inner step at ``iteration`` of ``iterations``.
+
+        None (the default): the loss after the last step only, MAML's meta-objective. A tuple of
+        ``inner.steps`` weights turns on the multi-step loss of MAML++.
+        """
+        return None
+
+    def make_meta_step(
+        self,
+        objective: TaskObjective,
+        adapter: Adapter,
+        *,
+        steps: int,
+        first_order: bool,
+        strategy: Strategy,
+        autocast: torch.dtype | None = None,
+        multi_step: bool = False,
+    ) -> MetaStep:
+        """Build this algorithm's meta-step; the default is the MAML kernels' (``make_meta_step``).
+
+        An override must return a step with the same contract: scaled loss and gradients for θ
+        and the adapter's learnables, summed over the shard's tasks, and implement every
+        strategy listed in ``strategies`` with ``loop`` as the reference the others match.
+        """
+        from ..kernels import make_meta_step  # the kernels import the core, not the reverse
+
+        return make_meta_step(
+            objective,
+            adapter,
+            steps=steps,
+            first_order=first_order,
+            strategy=strategy,
+            autocast=autocast,
+            multi_step=multi_step,
+        )

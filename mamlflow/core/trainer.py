@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..kernels import Selection, select_meta_step
+from ..kernels import STRATEGIES, Selection, select_meta_step
 from ._io import atomic_write
 from .callbacks import Callback
 from .checkpoint import (
@@ -144,7 +144,7 @@ class Trainer:
         task_index = torch.arange(batch_size)
         scale = 1.0 / batch_size
         objective = c.family.objective(c.learner)
-        steps_by_order: dict[bool, Any] = {}
+        steps_by_kind: dict[tuple[bool, bool], Any] = {}
         val_every = cfg.train.val_every
         metric = c.family.metric
         higher_is_better = metric != "mse"
@@ -183,7 +183,9 @@ class Trainer:
                 break
             batch = c.family.sample(cfg.seed, iteration, task_index).to(c.device, c.dtype)
             first_order = c.algorithm.first_order(cfg.inner, iteration)
-            meta_step = steps_by_order.get(first_order)
+            weights = c.algorithm.step_weights(cfg.inner, iteration, total)
+            kind = (first_order, weights is not None)
+            meta_step = steps_by_kind.get(kind)
             if meta_step is None:
                 self.selection = select_meta_step(
                     strategy,
@@ -202,14 +204,20 @@ class Trainer:
                     signature=(
                         cfg.model.model_dump_json(),
                         cfg.task.model_dump_json(),
-                        cfg.algorithm.name,
+                        cfg.algorithm.model_dump_json(),
                         cfg.inner.model_dump_json(),
                     ),
                     autocast=c.autocast,
+                    multi_step=weights is not None,
+                    factory=c.algorithm.make_meta_step,
+                    strategies=c.algorithm.strategies or STRATEGIES,
                 )
                 log.info("kernel: %s (%s)", self.selection.strategy, self.selection.reason)
-                meta_step = steps_by_order[first_order] = self.selection.step
-            result = meta_step(params, learnables, batch.support, batch.query, scale)
+                meta_step = steps_by_kind[kind] = self.selection.step
+            step_scale: Tensor | float = scale
+            if weights is not None:
+                step_scale = torch.tensor(weights, dtype=c.dtype, device=c.device) * scale
+            result = meta_step(params, learnables, batch.support, batch.query, step_scale)
             for k, p in params.items():
                 p.grad = result.grads[k]
             for k, p in learnables.items():

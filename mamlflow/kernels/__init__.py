@@ -31,6 +31,7 @@ from ._maml import (
 )
 from ._select import AUTO_COMPILE_MIN_SECONDS as AUTO_COMPILE_MIN_SECONDS
 from ._select import COMPILED_STRATEGIES as COMPILED_STRATEGIES
+from ._select import MetaStepFactory as MetaStepFactory
 from ._select import Selection as Selection
 from ._select import clear_selection_cache as clear_selection_cache
 from ._select import select_meta_step as select_meta_step

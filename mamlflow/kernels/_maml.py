@@ -6,8 +6,14 @@ Every strategy computes the same thing for a shard of a meta-batch::
     grads = ∂loss/∂θ, ∂loss/∂φ           (φ: the adapter's learnable tensors)
 
 ``scale`` is 1 / global meta-batch size, so summing shard results over processes gives the mean
-over the whole meta-batch. The reference loop uses plain ``torch.autograd`` one task at a time and
-is the oracle every fast path is tested against.
+over the whole meta-batch. With ``multi_step=True`` (MAML++'s multi-step loss) the query loss is
+taken after every inner step and ``scale`` is a vector of one weight per step (already divided by
+the meta-batch size)::
+
+    loss = Σ_tasks Σ_s  scale[s] * L_query( θ_s ),   θ_s: the parameters after inner step s+1
+
+The reference loop uses plain ``torch.autograd`` one task at a time and is the oracle every
+fast path is tested against.
 
 The strategies (``STRATEGIES``):
 
@@ -73,7 +79,8 @@ class StepResult:
     learnable_grads: Params
 
 
-MetaStep = Callable[[Params, Params, Data, Data, float], StepResult]
+MetaStep = Callable[[Params, Params, Data, Data, "Tensor | float"], StepResult]
+"""``(θ, φ, support, query, scale) -> StepResult``; ``scale`` is a vector for a multi-step loss."""
 AdaptFn = Callable[[Params, Params, Data], Params]
 
 
@@ -120,14 +127,18 @@ def _inner_grad(objective: TaskObjective, adapter: Adapter) -> Callable[[Params,
     return inner_grad
 
 
-def _inner_loop(
+def _trajectory(
     objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
-) -> Callable[[Params, Params, Data], Params]:
-    """One task's adaptation, written with ``torch.func.grad`` so it nests under vmap and grad."""
+) -> Callable[[Params, Params, Data], tuple[Params, ...]]:
+    """One task's adaptation: the parameters after each inner step (θ itself when steps is 0).
+
+    Written with ``torch.func.grad`` so it nests under vmap and grad.
+    """
     inner_grad = _inner_grad(objective, adapter)
 
-    def adapt(params: Params, learnables: Params, support: Data) -> Params:
+    def adapt(params: Params, learnables: Params, support: Data) -> tuple[Params, ...]:
         state = adapter.init(params, learnables)
+        path = [params]
         for step in range(steps):  # unrolled: ``steps`` is a Python int
             g = inner_grad(params, support)
             if first_order:
@@ -135,14 +146,36 @@ def _inner_loop(
                 g = _stop_gradient(g)
             updates, state = adapter.update(g, state, params, learnables, step)
             params = apply_updates(params, updates)
-        return params
+            path.append(params)
+        return tuple(path[1:]) if steps else tuple(path)
+
+    return adapt
+
+
+def _inner_loop(
+    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
+) -> Callable[[Params, Params, Data], Params]:
+    """One task's adaptation to its final parameters."""
+    trajectory = _trajectory(objective, adapter, steps, first_order)
+
+    def adapt(params: Params, learnables: Params, support: Data) -> Params:
+        return trajectory(params, learnables, support)[-1]
 
     return adapt
 
 
 def _task_loss(
-    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
+    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool, multi_step: bool
 ) -> Callable[[Params, Params, Data, Data], Tensor]:
+    """One task's query loss after adaptation: a scalar, or a vector of one per inner step."""
+    if multi_step:
+        trajectory = _trajectory(objective, adapter, steps, first_order)
+
+        def step_losses(params: Params, learnables: Params, support: Data, query: Data) -> Tensor:
+            path = trajectory(params, learnables, support)
+            return torch.stack([objective(p, query) for p in path])
+
+        return step_losses
     adapt = _inner_loop(objective, adapter, steps, first_order)
 
     def task_loss(params: Params, learnables: Params, support: Data, query: Data) -> Tensor:
@@ -151,15 +184,27 @@ def _task_loss(
     return task_loss
 
 
+def _weighted(losses: Tensor, scale: Tensor | float) -> Tensor:
+    """``Σ scale ⊙ losses`` over the last axis (per-step weights) or ``losses * scale``."""
+    if isinstance(scale, Tensor) and scale.dim() == 1:
+        return (losses * scale).sum(-1)
+    return losses * scale
+
+
 def _batched_step(
-    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
+    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool, multi_step: bool
 ) -> Callable[[Params, Params, Data, Data, Tensor], tuple[tuple[Params, Params], Tensor]]:
-    batched = vmap(_task_loss(objective, adapter, steps, first_order), in_dims=(None, None, 0, 0))
+    batched = vmap(
+        _task_loss(objective, adapter, steps, first_order, multi_step), in_dims=(None, None, 0, 0)
+    )
 
     def meta_loss(
         params: Params, learnables: Params, support: Data, query: Data, scale: Tensor | float
     ) -> Tensor:
-        return batched(params, learnables, support, query).sum() * scale
+        losses = batched(params, learnables, support, query)
+        if multi_step:
+            return _weighted(losses, scale).sum()
+        return losses.sum() * scale
 
     return grad_and_value(meta_loss, argnums=(0, 1))
 
@@ -187,12 +232,12 @@ def _autograd_result(total: Tensor, theta: Params, phi: Params) -> StepResult:
 
 
 def _loop_step(
-    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
+    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool, multi_step: bool
 ) -> MetaStep:
     """The reference: one task at a time, ``torch.autograd.grad`` with ``create_graph``."""
 
     def step(
-        params: Params, learnables: Params, support: Data, query: Data, scale: float
+        params: Params, learnables: Params, support: Data, query: Data, scale: Tensor | float
     ) -> StepResult:
         theta, phi = _requiring_grad(params), _requiring_grad(learnables)
         num_tasks = next(iter(support.values())).shape[0]
@@ -220,8 +265,11 @@ def _loop_step(
                 }
                 updates, state = adapter.update(grads, state, fast, phi, s)
                 fast = apply_updates(fast, updates)
-            total = total + objective(fast, task_query)
-        return _autograd_result(total * scale, theta, phi)
+                if multi_step:
+                    total = total + scale[s] * objective(fast, task_query)
+            if not multi_step:
+                total = total + objective(fast, task_query)
+        return _autograd_result(total if multi_step else total * scale, theta, phi)
 
     return step
 
@@ -232,14 +280,14 @@ def _channels_last(tree: Params) -> Params:
 
 
 def _compiled_loop_step(
-    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
+    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool, multi_step: bool
 ) -> Callable[[Params, Params, Data, Data, Tensor], tuple[tuple[Params, Params], Tensor]]:
-    task_loss = _task_loss(objective, adapter, steps, first_order)
+    task_loss = _task_loss(objective, adapter, steps, first_order, multi_step)
 
     def scaled(
         params: Params, learnables: Params, support: Data, query: Data, scale: Tensor
     ) -> Tensor:
-        return task_loss(params, learnables, support, query) * scale
+        return _weighted(task_loss(params, learnables, support, query), scale)
 
     one_task = torch.compile(_own_code(grad_and_value(scaled, argnums=(0, 1))), dynamic=False)
 
@@ -282,30 +330,35 @@ def _channels_last_view(tree: Params) -> Params:
 
 
 def _split_step(
-    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
+    objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool, multi_step: bool
 ) -> MetaStep:
+    trajectory = _trajectory(objective, adapter, steps, first_order)
+    if not multi_step:
+        trajectory = _inner_loop(objective, adapter, steps, first_order)  # type: ignore[assignment]
     adapt_all = torch.compile(
-        _own_code(
-            vmap(_inner_loop(objective, adapter, steps, first_order), in_dims=(None, None, 0))
-        ),
+        _own_code(vmap(trajectory, in_dims=(None, None, 0))),
         dynamic=False,
     )
     query_loss = torch.compile(_own_code(objective), dynamic=False)
 
     def step(
-        params: Params, learnables: Params, support: Data, query: Data, scale: float
+        params: Params, learnables: Params, support: Data, query: Data, scale: Tensor | float
     ) -> StepResult:
         theta, phi = _requiring_grad(params), _requiring_grad(learnables)
         adapted = adapt_all(_channels_last_view(theta), phi, support)
+        path = adapted if multi_step else (adapted,)
         num_tasks = next(iter(support.values())).shape[0]
         ref = next(iter(theta.values()))
         total = torch.zeros((), dtype=ref.dtype, device=ref.device)
         # unbind, not v[i]: each v[i]'s backward would write a zero-filled copy of all of v
-        per_task = {k: v.unbind(0) for k, v in adapted.items()}
+        per_step = [{k: v.unbind(0) for k, v in p.items()} for p in path]
         for i in range(num_tasks):  # task order fixed: the sum is bitwise reproducible
-            task_params = _channels_last_view({k: v[i] for k, v in per_task.items()})
-            total = total + query_loss(task_params, {k: v[i] for k, v in query.items()})
-        return _autograd_result(total * scale, theta, phi)
+            task_query = {k: v[i] for k, v in query.items()}
+            for s, per_task in enumerate(per_step):
+                task_params = _channels_last_view({k: v[i] for k, v in per_task.items()})
+                loss = query_loss(task_params, task_query)
+                total = total + (scale[s] * loss if multi_step else loss)
+        return _autograd_result(total if multi_step else total * scale, theta, phi)
 
     return step
 
@@ -333,6 +386,7 @@ def make_meta_step(
     first_order: bool,
     strategy: Strategy,
     autocast: torch.dtype | None = None,
+    multi_step: bool = False,
 ) -> MetaStep:
     """Build the meta-step for one (objective, adapter, steps, order) and a strategy.
 
@@ -340,21 +394,33 @@ def make_meta_step(
     first call (tens of seconds on a small CPU), not here. ``autocast`` (e.g. ``torch.bfloat16``)
     runs the step under ``torch.autocast``: convolutions and matmuls in that dtype, parameters and
     meta-gradients in theirs. It changes the numerics, so it is opt-in and parity with float32
-    holds only to its precision.
+    holds only to its precision. ``multi_step`` takes the query loss after every inner step,
+    weighted by the step's ``scale`` vector (``steps`` weights) instead of a scalar ``scale``.
     """
+    if multi_step and steps < 1:
+        raise ValueError("a multi-step loss needs at least one inner step (inner.steps >= 1)")
     if autocast is not None:
         inner = make_meta_step(
-            objective, adapter, steps=steps, first_order=first_order, strategy=strategy
+            objective,
+            adapter,
+            steps=steps,
+            first_order=first_order,
+            strategy=strategy,
+            multi_step=multi_step,
         )
         return _autocast_step(inner, autocast)
     if strategy == "loop":
-        return _loop_step(objective, adapter, steps, first_order)
+        return _checked_scale(
+            _loop_step(objective, adapter, steps, first_order, multi_step), steps, multi_step
+        )
     if strategy == "compiled-split":
-        return _split_step(objective, adapter, steps, first_order)
+        return _checked_scale(
+            _split_step(objective, adapter, steps, first_order, multi_step), steps, multi_step
+        )
     if strategy == "compiled-loop":
-        fn = _compiled_loop_step(objective, adapter, steps, first_order)
+        fn = _compiled_loop_step(objective, adapter, steps, first_order, multi_step)
     else:
-        fn = _batched_step(objective, adapter, steps, first_order)
+        fn = _batched_step(objective, adapter, steps, first_order, multi_step)
         if strategy == "compiled":
             fn = torch.compile(_own_code(fn), dynamic=False)
         elif strategy == "cudagraphs":
@@ -366,10 +432,8 @@ def make_meta_step(
     scales: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
 
     def step(
-        params: Params, learnables: Params, support: Data, query: Data, scale: float
+        params: Params, learnables: Params, support: Data, query: Data, scale: Tensor | float
     ) -> StepResult:
-        # A Python float would be baked into the compiled graph (one recompile per value);
-        # a 0-d tensor is an input like any other.
         ref = next(iter(params.values()))
         if strategy == "cudagraphs" and ref.device.type != "cuda":
             raise ConfigError(
@@ -378,18 +442,40 @@ def make_meta_step(
                     f"{ref.device}; use kernel.strategy=auto, compiled or batched"
                 ]
             )
-        key = (float(scale), ref.dtype, ref.device)
-        if key not in scales:
-            scales[key] = torch.tensor(scale, dtype=ref.dtype, device=ref.device)
-        (g_params, g_learnables), loss = fn(params, learnables, support, query, scales[key])
+        if isinstance(scale, Tensor):
+            weight = scale.to(ref.device, ref.dtype)
+        else:
+            # A Python float would be baked into the compiled graph (one recompile per value);
+            # a 0-d tensor is an input like any other.
+            key = (float(scale), ref.dtype, ref.device)
+            if key not in scales:
+                scales[key] = torch.tensor(scale, dtype=ref.dtype, device=ref.device)
+            weight = scales[key]
+        (g_params, g_learnables), loss = fn(params, learnables, support, query, weight)
         return StepResult(loss.detach(), g_params, g_learnables)
 
-    return step
+    return _checked_scale(step, steps, multi_step)
+
+
+def _checked_scale(step: MetaStep, steps: int, multi_step: bool) -> MetaStep:
+    """Reject a ``scale`` that does not match the step kind with a message, not a shape error."""
+
+    def run(
+        params: Params, learnables: Params, support: Data, query: Data, scale: Tensor | float
+    ) -> StepResult:
+        shape = tuple(scale.shape) if isinstance(scale, Tensor) else ()
+        if multi_step and shape != (steps,):
+            raise ValueError(f"a multi-step loss needs a vector of {steps} step weights as scale")
+        if not multi_step and shape != ():
+            raise ValueError("scale must be a number: this meta-step takes the final loss only")
+        return step(params, learnables, support, query, scale)
+
+    return run
 
 
 def _autocast_step(step: MetaStep, dtype: torch.dtype) -> MetaStep:
     def run(
-        params: Params, learnables: Params, support: Data, query: Data, scale: float
+        params: Params, learnables: Params, support: Data, query: Data, scale: Tensor | float
     ) -> StepResult:
         device_type = next(iter(params.values())).device.type
         with torch.autocast(device_type, dtype=dtype):

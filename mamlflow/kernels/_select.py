@@ -24,19 +24,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from ..core.adapter import Adapter
+from ..core.errors import ConfigError
 from ..core.task import TaskObjective
 from ._maml import STRATEGIES, MetaStep, StepResult, Strategy, exact_float32, make_meta_step
 
 __all__ = [
     "AUTO_COMPILE_MIN_SECONDS",
     "COMPILED_STRATEGIES",
+    "MetaStepFactory",
     "Selection",
     "clear_selection_cache",
     "select_meta_step",
@@ -111,13 +114,15 @@ def _sync(result: StepResult) -> None:
         torch.cuda.synchronize(result.loss.device)
 
 
-def _seconds_per_step(strategy: Strategy, step: MetaStep, probe: Probe, repeats: int = 2) -> float:
+def _seconds_per_step(
+    strategy: Strategy, step: MetaStep, probe: Probe, scale: Tensor | float, repeats: int = 2
+) -> float:
     """Best of ``repeats`` timed calls of ``strategy``'s step after one warm-up (which compiles)."""
-    _sync(step(*probe, 1.0))
+    _sync(step(*probe, scale))
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        _sync(step(*probe, 1.0))
+        _sync(step(*probe, scale))
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -127,7 +132,7 @@ def _ms(seconds: float) -> str:
 
 
 def _signature(
-    signature: object, probe: Probe, steps: int, first_order: bool
+    signature: object, probe: Probe, steps: int, first_order: bool, multi_step: bool
 ) -> tuple[object, ...]:
     params, learnables, support, query = probe
     ref = next(iter(params.values()))
@@ -138,7 +143,32 @@ def _signature(
         for part, tree in (("p", params), ("l", learnables), ("s", support), ("q", query))
         for k, v in sorted(tree.items())
     )
-    return (signature, str(device), name, torch.get_num_threads(), steps, first_order, shapes)
+    return (
+        signature,
+        str(device),
+        name,
+        torch.get_num_threads(),
+        steps,
+        first_order,
+        multi_step,
+        shapes,
+    )
+
+
+class MetaStepFactory(Protocol):
+    """``make_meta_step``'s signature: how an algorithm supplies kernels of its own."""
+
+    def __call__(
+        self,
+        objective: TaskObjective,
+        adapter: Adapter,
+        *,
+        steps: int,
+        first_order: bool,
+        strategy: Strategy,
+        autocast: torch.dtype | None = None,
+        multi_step: bool = False,
+    ) -> MetaStep: ...
 
 
 def _twins(winner: Strategy, device: torch.device) -> tuple[Strategy, ...]:
@@ -167,6 +197,9 @@ def select_meta_step(
     time_left: float | None = None,
     signature: object = None,
     autocast: torch.dtype | None = None,
+    multi_step: bool = False,
+    factory: MetaStepFactory | None = None,
+    strategies: Collection[Strategy] = STRATEGIES,
 ) -> Selection:
     """Resolve ``kernel.strategy`` to a working meta-step.
 
@@ -179,28 +212,50 @@ def select_meta_step(
     is still checked without it: two correct conv-4 kernels under bfloat16 differ by up to 30% of
     the largest meta-gradient entry (measured), which would hide a real bug. So each compiled
     candidate is compiled twice, once to check and once to time.
+
+    ``multi_step`` selects a step that takes a vector of per-step loss weights as its scale
+    (MAML++). ``factory`` builds the steps (default ``make_meta_step``; an algorithm with kernels
+    of its own, like Reptile, passes its own) and ``strategies`` are the ones it implements:
+    ``auto`` only considers those, and asking for another is a one-line ``ConfigError``.
     """
+    make = factory if factory is not None else make_meta_step
 
     def build(strategy: Strategy, cast: torch.dtype | None = autocast) -> MetaStep:
-        return make_meta_step(
+        return make(
             objective,
             adapter,
             steps=steps,
             first_order=first_order,
             strategy=strategy,
             autocast=cast,
+            multi_step=multi_step,
         )
 
     if requested in STRATEGIES:
         strategy: Strategy = requested  # type: ignore[assignment]  # narrowed just above
+        if strategy not in strategies:
+            raise ConfigError(
+                [
+                    f"kernel.strategy: this algorithm has no {strategy} kernel; use auto or one "
+                    f"of {', '.join(s for s in STRATEGIES if s in strategies)}"
+                ]
+            )
         return Selection(strategy, build(strategy), "requested")
     if requested != "auto":
         raise ValueError(
             f"unknown kernel strategy {requested!r}; use auto or one of {', '.join(STRATEGIES)}"
         )
+    unit: Tensor | float = 1.0
+    if multi_step:
+        ref = next(iter(probe[0].values()))
+        unit = torch.full((steps,), 1.0 / steps, dtype=ref.dtype, device=ref.device)
 
     device = next(iter(probe[0].values())).device
-    key = _signature(signature, probe, steps, first_order) if signature is not None else None
+    key = (
+        _signature(signature, probe, steps, first_order, multi_step)
+        if signature is not None
+        else None
+    )
     measured = _CACHE.get(key) if key is not None else None
     cached = measured is not None
     if measured is None:
@@ -217,9 +272,9 @@ def select_meta_step(
         exact = step if autocast is None else build(strategy, None)
         try:
             with exact_float32(device):  # parity in IEEE float32, timing as configured
-                result = exact(*probe, 1.0)  # compiles a compiled strategy
+                result = exact(*probe, unit)  # compiles a compiled strategy
             if exact is not step:
-                step(*probe, 1.0)  # compiles the autocast twin: its failures count too
+                step(*probe, unit)  # compiles the autocast twin: its failures count too
         except Exception as exc:  # any compiler failure means: use another candidate
             if strategy == "loop":
                 raise  # the reference itself fails: the objective is broken, say so
@@ -237,11 +292,12 @@ def select_meta_step(
                 rejected[strategy] = "meta-gradient disagrees with the loop"
                 log.warning("kernel %s: %s on the probe", strategy, rejected[strategy])
                 return
-        seconds[strategy] = _seconds_per_step(strategy, step, probe)
+        seconds[strategy] = _seconds_per_step(strategy, step, probe, unit)
 
     if not cached:
         try_candidate("loop")
-        try_candidate("batched")
+        if "batched" in strategies:
+            try_candidate("batched")
 
     def fastest(pool: Mapping[str, float]) -> Strategy:
         return min(pool, key=pool.__getitem__)  # type: ignore[return-value]
@@ -265,7 +321,9 @@ def select_meta_step(
             f"{timing}; {budget} iterations (~{eager_seconds:.0f} s): too few to repay a compile"
         )
     else:
-        twins = _twins(winner, device)
+        twins = tuple(t for t in _twins(winner, device) if t in strategies)
+        if not twins and "compiled" in strategies:
+            twins = ("compiled",)  # an algorithm without the per-task compiled kernels
         if measured.eager_only:
             for twin in twins:
                 try_candidate(twin)
