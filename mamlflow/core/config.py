@@ -1,8 +1,9 @@
 """Run configuration: the schema of a run and its resolution from presets, files and ``--set``.
 
 Sections with a ``name`` (``task``, ``model``, ``algorithm``, ``outer``) are validated by the
-``Config`` class of the plugin the name selects; the others have fixed schemas below. Every model
-is frozen and forbids unknown keys, so a typo is an error rather than a silently ignored value.
+``Config`` class of the plugin the name selects, and ``callbacks.<name>`` by the ``Config`` of each
+callback ``train.callbacks`` enables; the others have fixed schemas below. Every model is frozen
+and forbids unknown keys, so a typo is an error rather than a silently ignored value.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic.fields import FieldInfo
 
 from ._io import atomic_write
 from .algorithm import AlgorithmConfig
+from .callbacks import CallbackConfig
 from .errors import CheckpointError, ConfigError, UnknownNameError
 from .learner import ModelConfig
 from .optim import OuterConfig
@@ -62,11 +64,21 @@ class TrainConfig(_Section):
     )
     log_every: int = Field(100, ge=1, description="iterations between metrics records")
     checkpoint_every: int = Field(5_000, ge=1, description="iterations between checkpoints")
+    checkpoint_every_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="also checkpoint when this many minutes of wall-clock time have passed since "
+        "the last checkpoint (null: by iterations only)",
+    )
     val_every: int | None = Field(
         None, ge=1, description="iterations between validations (null: never); keeps the best"
     )
     val_tasks: int = Field(200, ge=2, description="validation tasks, adapted eval.steps steps")
-    callbacks: tuple[str, ...] = Field(("metrics",), description="callback plugins to enable")
+    callbacks: tuple[str, ...] = Field(
+        ("metrics",),
+        description="callback plugins to enable, e.g. [metrics, csv, early_stopping] (list: "
+        "metaflow plugins); their options go under callbacks.<name>",
+    )
 
 
 class InnerConfig(_Section):
@@ -116,6 +128,10 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     kernel: KernelConfig = KernelConfig()
     eval: EvalConfig = EvalConfig()
+    callbacks: dict[str, SerializeAsAny[CallbackConfig]] = Field(
+        default_factory=dict,
+        description="options of each callback train.callbacks enables: callbacks.<name>.<option>",
+    )
 
 
 @dataclass(frozen=True)
@@ -320,7 +336,7 @@ def load_saved(host: PluginHost, path: Path) -> ResolvedConfig:
     # Errors name the saved file; the returned provenance is the one the run was resolved with.
     source = f"file {path}"
     error_sources = {key: source for key in _leaf_keys(config)}
-    validated = _validate(host, config, error_sources, [])
+    validated = _validate(host, config, error_sources, [], saved=True)
     return ResolvedConfig(validated, _leaf_provenance(validated, saved))
 
 
@@ -342,6 +358,11 @@ def config_schema(host: PluginHost, preset: str | None = None) -> list[ConfigFie
             chosen = section.get("name") if isinstance(section, dict) else None
             model = getattr(host, lookup)(chosen).Config if isinstance(chosen, str) else base
             rows += _schema_rows(model, name, section)
+        elif name == "callbacks":
+            # Every registered callback's options, enabled or not: this is where users find them.
+            for component in host.components("callback"):
+                options = section.get(component.name) if isinstance(section, dict) else None
+                rows += _schema_rows(component.obj.Config, f"{name}.{component.name}", options)
         elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
             rows += _schema_rows(info.annotation, name, section)
         else:
@@ -461,11 +482,18 @@ def _source(provenance: Mapping[str, str], key: str) -> str | None:
 
 
 def _validate(
-    host: PluginHost, data: Mapping[str, Any], provenance: Mapping[str, str], issues: list[str]
+    host: PluginHost,
+    data: Mapping[str, Any],
+    provenance: Mapping[str, str],
+    issues: list[str],
+    *,
+    saved: bool = False,
 ) -> RunConfig:
     """Validate in two phases: each plugin section by its plugin's ``Config``, then the run.
 
-    Raises one ``ConfigError`` holding ``issues`` plus every problem found here.
+    ``saved``: ``data`` is a saved run's config, which may enable callbacks whose plugins are no
+    longer installed (see ``_callback_options``). Raises one ``ConfigError`` holding ``issues``
+    plus every problem found here.
     """
     values = dict(data)
     models: dict[str, type[BaseModel]] = {}
@@ -499,13 +527,108 @@ def _validate(
             values[section] = plugin.Config.model_validate(raw)
         except ValidationError as error:
             issues += _issues(error, section, raw, provenance, models)
+    values["callbacks"] = _callback_options(host, data, provenance, issues, models, saved=saved)
     try:
         config = RunConfig.model_validate(values)
     except ValidationError as error:
         issues += _issues(error, None, values, provenance, models)
+    if not issues:
+        # Checks across sections (early stopping needs validation), once each section is valid.
+        enabled_from = _from(provenance, "train.callbacks")
+        for name, options in config.callbacks.items():
+            if not isinstance(options, _UnregisteredCallbackConfig):
+                problem = host.callback(name).check_config(config)
+                if problem is not None:
+                    issues.append(f"train.callbacks: {problem}{enabled_from}")
     if issues:
         raise ConfigError(issues)
     return config
+
+
+class _UnregisteredCallbackConfig(CallbackConfig):
+    """The options of a callback no installed plugin registers, kept exactly as written."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+def _callback_options(
+    host: PluginHost,
+    data: Mapping[str, Any],
+    provenance: Mapping[str, str],
+    issues: list[str],
+    models: dict[str, type[BaseModel]],
+    *,
+    saved: bool,
+) -> dict[str, CallbackConfig]:
+    """The validated options of every callback ``train.callbacks`` enables, by name.
+
+    A callback without options in ``callbacks`` gets its ``Config``'s defaults, so the saved
+    config records every value a run used. Options for a callback that is not enabled are an
+    error, not silently ignored. An unknown name is an error where the user wrote it; a saved
+    run or the schema default may name a callback no installed plugin registers (evaluating a
+    run must not need the plugins that only logged it; a host without built-ins has no
+    ``metrics``): its options are kept as written, and a trainer still refuses the name.
+    """
+    train = data.get("train")
+    names: Any = train.get("callbacks", _MISSING) if isinstance(train, Mapping) else _MISSING
+    if names is _MISSING:
+        names = TrainConfig.model_fields["callbacks"].default
+    trusted = saved or _source(provenance, "train.callbacks") in (None, _DEFAULT)
+    names_valid = isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+    if not names_valid:
+        names = ()  # RunConfig's validation of train.callbacks reports the type
+    enabled_from = _from(provenance, "train.callbacks")
+    section = data.get("callbacks")
+    if section is None:
+        section = {}
+    elif not isinstance(section, Mapping):
+        issues.append(
+            "callbacks: Input should be a mapping from callback names to their options"
+            f"{_from(provenance, 'callbacks')}"
+        )
+        section = {}
+
+    options: dict[str, CallbackConfig] = {}
+    seen: set[str] = set()
+    for name in names:
+        key = f"callbacks.{name}"
+        if name in seen:
+            issues.append(f"train.callbacks: '{name}' is listed twice; list it once{enabled_from}")
+            continue
+        seen.add(name)
+        raw = section.get(name)
+        raw = {} if raw is None else raw  # YAML's `csv:` with nothing below it
+        if not isinstance(raw, Mapping):
+            issues.append(
+                f"{key}: Input should be a mapping of {name} options{_from(provenance, key)}"
+            )
+            continue
+        try:
+            config_model = host.callback(name).Config
+        except UnknownNameError as error:
+            if not trusted:
+                issues.append(f"train.callbacks: {error}{enabled_from}")
+                continue
+            config_model = _UnregisteredCallbackConfig
+        models[key] = config_model
+        try:
+            options[name] = config_model.model_validate(raw)
+        except ValidationError as error:
+            issues += _issues(error, key, raw, provenance, models)
+    for name in section:
+        if name in seen or not names_valid:
+            continue
+        key = f"callbacks.{name}"
+        try:
+            host.callback(name)
+        except UnknownNameError as error:
+            issues.append(f"{key}: {error}{_from(provenance, key)}")
+            continue
+        issues.append(
+            f"{key}: options for a callback train.callbacks does not enable; add '{name}' to "
+            f"train.callbacks or drop these options{_from(provenance, key)}"
+        )
+    return options
 
 
 def _from(provenance: Mapping[str, str], key: str) -> str:
@@ -574,6 +697,9 @@ def _did_you_mean(parts: list[str], models: Mapping[str, type[BaseModel]]) -> st
         model = models.get(name, info.annotation)
         if isinstance(model, type) and issubclass(model, BaseModel):
             known += _field_keys(model, name + ".")
+    for name, model in models.items():
+        if "." in name:  # a nested section such as callbacks.csv
+            known += [name, *_field_keys(model, name + ".")]
     key = ".".join(parts)
     parent = key.rsplit(".", 1)[0] + "." if len(parts) > 1 else ""
     siblings = [k[len(parent) :] for k in known if k.startswith(parent) and k != key]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..kernels import STRATEGIES, Selection, select_meta_step
 from ._io import atomic_write
-from .callbacks import Callback
+from .callbacks import Callback, TrainerControl
 from .checkpoint import (
     BEST_CHECKPOINT_NAME,
     CHECKPOINT_NAME,
@@ -30,7 +30,7 @@ from .checkpoint import (
 )
 from .components import build_components
 from .config import RunConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
 from .host import PluginHost
 from .learner import Params
@@ -51,7 +51,9 @@ class TrainSummary:
     tasks_per_s: float
     strategy: str
     strategy_reason: str
-    stopped_by: str  # "iterations" | "time_limit" | "interrupted"
+    stopped_by: str
+    """``"iterations"``, ``"time_limit"``, ``"interrupted"`` or the reason a callback gave
+    ``TrainerControl.request_stop`` (e.g. ``"early_stopping"``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -71,9 +73,10 @@ class Trainer:
 
     ``on_step`` (e.g. a progress bar) is called after every iteration with the iteration count
     and the latest metrics record; ``callbacks`` are extra ``Callback`` objects besides the ones
-    ``train.callbacks`` names. With ``resume=True`` the run continues from ``run_dir``'s
-    checkpoint: same meta-batches, same optimizer state, bitwise the same parameters as an
-    uninterrupted run.
+    ``train.callbacks`` names (built with their ``callbacks.<name>`` options). Every callback
+    shares ``control``, through which it may stop the run or ask for a checkpoint. With
+    ``resume=True`` the run continues from ``run_dir``'s checkpoint: same meta-batches, same
+    optimizer state, bitwise the same parameters as an uninterrupted run.
     """
 
     def __init__(
@@ -90,12 +93,16 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.host = host
         self.resume = resume
-        self.components = build_components(config, host)
-        self.callbacks = [host.callback(name)(self.run_dir) for name in config.train.callbacks]
+        self.control = TrainerControl()
+        # Callbacks before components: a missing optional package (tensorboard) fails at once,
+        # before data loads and long before training.
+        self.callbacks = [self._build_callback(name) for name in config.train.callbacks]
         self.callbacks += list(callbacks)
+        for cb in self.callbacks:
+            cb.control = self.control
+        self.components = build_components(config, host)
         self.on_step = on_step
         self.selection: Selection | None = None
-        self._stop_requested = False
 
     def request_stop(self) -> None:
         """Finish the current iteration, write a checkpoint and return (e.g. on Ctrl-C).
@@ -103,7 +110,15 @@ class Trainer:
         Safe to call from a signal handler: the loop only checks a flag between steps, so the
         checkpoint never holds a half-applied optimizer step.
         """
-        self._stop_requested = True
+        self.control.request_stop("interrupted")
+
+    def _build_callback(self, name: str) -> Callback:
+        cls = self.host.callback(name)
+        # resolve() checks this too; a RunConfig built by hand gets here unchecked.
+        problem = cls.check_config(self.config)
+        if problem is not None:
+            raise ConfigError([f"train.callbacks: {problem}"])
+        return cls(self.run_dir, self.config.callbacks.get(name))
 
     def _leaves(self, tensors: Params) -> Params:
         c = self.components
@@ -136,8 +151,18 @@ class Trainer:
         manifest = c.family.manifest()
         if manifest:
             atomic_write(self.run_dir / TASK_MANIFEST, json.dumps(manifest, indent=1).encode())
+        metric = c.family.metric
+        higher_is_better = metric != "mse"
         for cb in self.callbacks:
-            cb.on_train_start({"iteration": start, "config": cfg})
+            cb.on_train_start(
+                {
+                    "iteration": start,
+                    "config": cfg,
+                    "metric": metric,
+                    "higher_is_better": higher_is_better,
+                    "best": best,
+                }
+            )
 
         total = cfg.train.iterations
         batch_size = cfg.train.meta_batch_size
@@ -146,9 +171,9 @@ class Trainer:
         objective = c.family.objective(c.learner)
         steps_by_kind: dict[tuple[bool, bool], Any] = {}
         val_every = cfg.train.val_every
-        metric = c.family.metric
-        higher_is_better = metric != "mse"
-        t0 = time.perf_counter()
+        minutes = cfg.train.checkpoint_every_minutes
+        checkpoint_interval = None if minutes is None else 60.0 * minutes
+        t0 = last_checkpoint = time.perf_counter()
         interval = _Interval()
         last_record: dict[str, Any] | None = None
         stopped_by = "iterations"
@@ -158,6 +183,7 @@ class Trainer:
             return elapsed_before + time.perf_counter() - t0
 
         def save(finished: bool, name: str = CHECKPOINT_NAME) -> None:
+            nonlocal last_checkpoint
             save_checkpoint(
                 self.run_dir,
                 Checkpoint(
@@ -173,16 +199,19 @@ class Trainer:
                 ),
                 name,
             )
+            if name == CHECKPOINT_NAME:
+                last_checkpoint = time.perf_counter()
 
         while iteration < total:
+            # A stop requested during the last step (Ctrl-C, a callback) outranks the time limit.
+            if self.control.stop_reason is not None:
+                stopped_by = self.control.stop_reason
+                break
             if cfg.train.time_limit is not None and elapsed() >= cfg.train.time_limit:
                 stopped_by = "time_limit"
                 break
-            if self._stop_requested:
-                stopped_by = "interrupted"
-                break
             batch = c.family.sample(cfg.seed, iteration, task_index).to(c.device, c.dtype)
-            first_order = c.algorithm.first_order(cfg.inner, iteration)
+            first_order = c.algorithm.first_order(cfg.inner, iteration, total)
             weights = c.algorithm.step_weights(cfg.inner, iteration, total)
             kind = (first_order, weights is not None)
             meta_step = steps_by_kind.get(kind)
@@ -249,7 +278,17 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_log(last_record)
                 interval = _Interval()
-            if iteration % cfg.train.checkpoint_every == 0 and iteration < total:
+            requested = self.control.take_checkpoint_request()  # taken even if saved anyway
+            due = (
+                requested
+                or iteration % cfg.train.checkpoint_every == 0
+                or (
+                    checkpoint_interval is not None
+                    and time.perf_counter() - last_checkpoint >= checkpoint_interval
+                )
+            )
+            # The last step and a stopping run write their final checkpoint below.
+            if due and iteration < total and self.control.stop_reason is None:
                 save(finished=False)
             if self.on_step is not None:
                 self.on_step(iteration, last_record)
