@@ -7,6 +7,7 @@ no plugin and imports neither the CLI (typer, rich) nor numba nor matplotlib.
 from __future__ import annotations
 
 from .core.adapter import Adapter as Adapter
+from .core.adapter import adam as adam
 from .core.adapter import apply_updates as apply_updates
 from .core.adapter import chain as chain
 from .core.adapter import sgd as sgd
@@ -74,6 +75,7 @@ __all__ = [
     "TaskFamily",
     "Trainer",
     "UnknownNameError",
+    "adam",
     "apply_updates",
     "build_components",
     "chain",

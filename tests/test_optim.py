@@ -37,6 +37,11 @@ def test_cosine_schedule_goes_from_lr_to_min_lr(host: PluginHost) -> None:
     assert _outer(host, "outer.lr=0.01").lr_at(77, 100) == 0.01  # constant by default
 
 
+def test_linear_schedule_is_a_straight_line_to_min_lr(host: PluginHost) -> None:
+    outer = _outer(host, "outer.schedule=linear", "outer.lr=1.0", "outer.min_lr=0.0")
+    assert [outer.lr_at(i, 4) for i in range(5)] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_prepare_step_sets_lr_and_clips(host: PluginHost, name: str) -> None:
     outer = _outer(

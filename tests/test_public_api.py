@@ -9,8 +9,8 @@ EXPECTED = {
     "Components", "ConfigError", "DataError", "EvalResult", "MamlflowError", "ModelConfig",
     "ModelIO", "ModelPlugin", "OuterConfig", "OuterOptimizer", "PluginError", "PluginHost",
     "Preset", "ResolvedConfig", "RunConfig", "TaskBatch", "TaskConfig", "TaskFamily", "Trainer",
-    "UnknownNameError", "apply_updates", "build_components", "chain", "evaluate", "get_host",
-    "hookimpl", "load_checkpoint", "make_adapt", "make_meta_step", "resolve", "sgd",
+    "UnknownNameError", "adam", "apply_updates", "build_components", "chain", "evaluate",
+    "get_host", "hookimpl", "load_checkpoint", "make_adapt", "make_meta_step", "resolve", "sgd",
 }  # fmt: skip
 
 

@@ -12,9 +12,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+import torch
 from torch import Tensor
 
-__all__ = ["Adapter", "AdapterState", "Chain", "Params", "Scale", "apply_updates", "chain", "sgd"]
+__all__ = [
+    "Adam",
+    "Adapter",
+    "AdapterState",
+    "Chain",
+    "Params",
+    "Scale",
+    "adam",
+    "apply_updates",
+    "chain",
+    "sgd",
+]
 
 Params = dict[str, Tensor]
 AdapterState = Any
@@ -134,3 +146,48 @@ def chain(*adapters: Adapter) -> Adapter:
 def sgd(lr: float) -> Adapter:
     """Plain gradient descent with a fixed inner learning rate (the paper's inner loop)."""
     return Scale(-lr)
+
+
+class Adam(Adapter):
+    """Adam as an inner-loop rule, its moments reset for every task (Reptile's inner optimizer).
+
+    The state is ``(m, v)`` for the parameters that receive gradients; the step count is the
+    Python ``step`` index, so the bias correction is exact and nothing is mutated. Reptile uses
+    β1 = 0 (no momentum across its few inner steps); the defaults follow it.
+    """
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8):
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+
+    def init(self, params: Params, learnables: Params) -> AdapterState:
+        zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+        return zeros, dict(zeros)
+
+    def update(
+        self,
+        grads: Params,
+        state: AdapterState,
+        params: Params,
+        learnables: Params,
+        step: int,
+    ) -> tuple[Params, AdapterState]:
+        (b1, b2), m, v = self.betas, dict(state[0]), dict(state[1])
+        t = step + 1
+        updates = {}
+        for k, g in grads.items():
+            m[k] = b1 * m[k] + (1 - b1) * g
+            v[k] = b2 * v[k] + (1 - b2) * g * g
+            m_hat = m[k] / (1 - b1**t)
+            v_hat = v[k] / (1 - b2**t)
+            updates[k] = -self.lr * m_hat / (v_hat.sqrt() + self.eps)
+        return updates, (m, v)
+
+    def __repr__(self) -> str:
+        return f"Adam({self.lr}, betas={self.betas}, eps={self.eps})"
+
+
+def adam(lr: float, betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> Adapter:
+    """Adam in the inner loop, moments reset per task (β1 = 0 by default, as in Reptile)."""
+    return Adam(lr, betas, eps)

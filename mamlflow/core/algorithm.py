@@ -46,8 +46,14 @@ class Algorithm(ABC):
     strategies: ClassVar[tuple[Strategy, ...] | None] = None
     """The kernel strategies ``make_meta_step`` implements; None: all of ``kernels.STRATEGIES``."""
 
-    def first_order(self, inner: InnerConfig, iteration: int) -> bool:
-        """Whether the meta-gradient at ``iteration`` ignores second derivatives."""
+    def first_order(
+        self, inner: InnerConfig, iteration: int, iterations: int | None = None
+    ) -> bool:
+        """Whether the meta-gradient at ``iteration`` (of ``iterations``) drops second derivatives.
+
+        ``iterations`` is the run's length, for schedules given as a fraction of it (MAML++'s
+        derivative-order annealing); None where there is no run (a benchmark).
+        """
         return inner.first_order
 
     def step_weights(

@@ -24,13 +24,14 @@ class OuterConfig(PluginConfig):
     """Options every outer optimizer has; a plugin's own ``Config`` subclasses this."""
 
     lr: float = Field(1e-3, gt=0, description="meta learning rate (β in the paper)")
-    schedule: Literal["constant", "cosine"] = Field(
+    schedule: Literal["constant", "cosine", "linear"] = Field(
         "constant",
         description="constant: lr throughout; cosine: from lr down to min_lr over "
-        "train.iterations (cosine annealing, as MAML++ does; a --resume that raises "
-        "train.iterations stretches the rest of the curve)",
+        "train.iterations (cosine annealing, as MAML++ does); linear: from lr down to min_lr "
+        "in a straight line (Reptile's annealed outer step size). A --resume that raises "
+        "train.iterations stretches the rest of the curve",
     )
-    min_lr: float = Field(0.0, ge=0, description="the cosine schedule's final learning rate")
+    min_lr: float = Field(0.0, ge=0, description="the final learning rate of a decaying schedule")
     clip_norm: float | None = Field(
         None, gt=0, description="scale the meta-gradient down to this global L2 norm if above"
     )
@@ -59,6 +60,8 @@ class OuterOptimizer(ABC):
         if c.schedule == "constant" or total <= 0:
             return c.lr
         progress = min(iteration / total, 1.0)
+        if c.schedule == "linear":
+            return c.lr + (c.min_lr - c.lr) * progress
         return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1.0 + math.cos(math.pi * progress))
 
     def prepare_step(

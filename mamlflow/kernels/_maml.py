@@ -429,7 +429,7 @@ def make_meta_step(
             raise ValueError(
                 f"unknown kernel strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
             )
-    scales: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
+    as_tensor = ScaleTensors()
 
     def step(
         params: Params, learnables: Params, support: Data, query: Data, scale: Tensor | float
@@ -442,19 +442,30 @@ def make_meta_step(
                     f"{ref.device}; use kernel.strategy=auto, compiled or batched"
                 ]
             )
-        if isinstance(scale, Tensor):
-            weight = scale.to(ref.device, ref.dtype)
-        else:
-            # A Python float would be baked into the compiled graph (one recompile per value);
-            # a 0-d tensor is an input like any other.
-            key = (float(scale), ref.dtype, ref.device)
-            if key not in scales:
-                scales[key] = torch.tensor(scale, dtype=ref.dtype, device=ref.device)
-            weight = scales[key]
+        weight = as_tensor(scale, ref)
         (g_params, g_learnables), loss = fn(params, learnables, support, query, weight)
         return StepResult(loss.detach(), g_params, g_learnables)
 
     return _checked_scale(step, steps, multi_step)
+
+
+class ScaleTensors:
+    """``scale`` as a tensor on the parameters' device, cached per value.
+
+    A Python float would be baked into a compiled graph (one recompile per value); a 0-d tensor
+    is an input like any other, and caching it spares a host-to-device copy per step.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
+
+    def __call__(self, scale: Tensor | float, like: Tensor) -> Tensor:
+        if isinstance(scale, Tensor):
+            return scale.to(like.device, like.dtype)
+        key = (float(scale), like.dtype, like.device)
+        if key not in self._cache:
+            self._cache[key] = torch.tensor(scale, dtype=like.dtype, device=like.device)
+        return self._cache[key]
 
 
 def _checked_scale(step: MetaStep, steps: int, multi_step: bool) -> MetaStep:

@@ -12,6 +12,8 @@ BUILTINS: tuple[str, ...] = (
     "mamlflow.plugins.maml",
     "mamlflow.plugins.metasgd",
     "mamlflow.plugins.anil",
+    "mamlflow.plugins.reptile",
+    "mamlflow.plugins.mamlpp",
     "mamlflow.plugins.optimizers",
     "mamlflow.plugins.callbacks",
 )

@@ -29,7 +29,9 @@ class FOMAML(MAML):
     name: ClassVar[str] = "fomaml"
     description: ClassVar[str] = "first-order MAML: second derivatives dropped"
 
-    def first_order(self, inner: InnerConfig, iteration: int) -> bool:
+    def first_order(
+        self, inner: InnerConfig, iteration: int, iterations: int | None = None
+    ) -> bool:
         return True
 
 
