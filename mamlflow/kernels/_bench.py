@@ -37,7 +37,7 @@ import torch
 from ..core.components import Components
 from ..core.errors import ConfigError, UnknownNameError
 from ..core.learner import Params
-from ._maml import STRATEGIES, MetaStep, StepResult, Strategy, exact_float32, make_meta_step
+from ._maml import STRATEGIES, MetaStep, StepResult, Strategy, exact_float32
 from ._select import COMPILED_STRATEGIES, _one_line, select_meta_step
 
 __all__ = [
@@ -318,9 +318,14 @@ def _check_order(order: str) -> Order:
     return order  # type: ignore[return-value]  # narrowed just above
 
 
-def _check_strategies(names: Sequence[str] | None, device: torch.device) -> tuple[Strategy, ...]:
+def _check_strategies(
+    names: Sequence[str] | None,
+    device: torch.device,
+    implemented: Sequence[Strategy] = STRATEGIES,
+    algorithm: str = "",
+) -> tuple[Strategy, ...]:
     """The strategies to measure, ``loop`` first (the reference), each once, in the given order."""
-    available = device_strategies(device)
+    available = [s for s in device_strategies(device) if s in implemented]
     if names is None:
         chosen: list[Strategy] = list(available)
     else:
@@ -328,6 +333,13 @@ def _check_strategies(names: Sequence[str] | None, device: torch.device) -> tupl
         for name in names:
             if name not in STRATEGIES:
                 raise _unknown("strategy", name, STRATEGIES)
+            if name not in implemented:
+                raise ConfigError(
+                    [
+                        f"strategies: {algorithm} has no {name} kernel; use "
+                        f"{', '.join(implemented)}, or leave --strategies out"
+                    ]
+                )
             if name not in available:
                 raise ConfigError(
                     [
@@ -370,7 +382,10 @@ def benchmark(
     """
     config = components.config
     device = components.device
-    chosen = _check_strategies(strategies, device)
+    algorithm = components.algorithm
+    chosen = _check_strategies(
+        strategies, device, algorithm.strategies or STRATEGIES, config.algorithm.name
+    )
     order = _check_order(order if order is not None else _config_order(components))
     if repeats < 1 or warmup < 0:
         raise ConfigError([f"repeats must be ≥ 1 and warmup ≥ 0, got {repeats} and {warmup}"])
@@ -392,7 +407,7 @@ def benchmark(
     args = (params, learnables, batch.support, batch.query, scale)
 
     def build(strategy: Strategy) -> MetaStep:
-        return make_meta_step(
+        return algorithm.make_meta_step(
             objective,
             components.adapter,
             steps=steps,
@@ -471,7 +486,9 @@ def _prefix_with(strategy: str, say: Callable[[str], None]) -> Callable[[str], N
 
 
 def _config_order(components: Components) -> Order:
-    return "first" if components.config.inner.first_order else "second"
+    """The order the run's algorithm trains in (Reptile and FOMAML: always first)."""
+    first = components.algorithm.first_order(components.config.inner, 0)
+    return "first" if first else "second"
 
 
 def _measure(
@@ -525,6 +542,8 @@ def _auto(
             remaining_iterations=components.config.train.iterations,
             probe=(params, learnables, batch.support, batch.query),
             autocast=components.autocast,
+            factory=components.algorithm.make_meta_step,
+            strategies=components.algorithm.strategies or STRATEGIES,
         )
     except Exception as exc:  # like a strategy's failure: reported, not raised
         return AutoChoice("failed", _one_line(exc))
