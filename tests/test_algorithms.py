@@ -304,3 +304,32 @@ def test_mamlpp_per_step_norm_weights_replace_the_adapted_ones(host: PluginHost)
             batched.learnable_grads[k], loop.learnable_grads[k], rtol=0, atol=1e-10
         )
     assert loop.learnable_grads[f"step2.{norm[0]}"].abs().max() > 0
+
+
+def test_every_family_member_and_its_presets_are_registered(host: PluginHost) -> None:
+    assert set(host.names("algorithm")) >= {
+        "maml",
+        "fomaml",
+        "reptile",
+        "anil",
+        "metasgd",
+        "mamlpp",
+    }
+    assert set(host.names("optimizer")) >= {"adam", "adamw", "sgd"}
+    pairs = {
+        "sinusoid-reptile": "reptile",
+        "sinusoid-metasgd": "metasgd",
+        "omniglot-reptile": "reptile",
+        "omniglot-anil": "anil",
+        "omniglot-20w1s-anil": "anil",
+        "omniglot-metasgd": "metasgd",
+        "omniglot-mamlpp": "mamlpp",
+    }
+    for preset, algorithm in pairs.items():
+        config = resolve(host, preset=preset).config
+        assert config.algorithm.name == algorithm, preset
+    base, anil = (resolve(host, preset=p).config for p in ("omniglot", "omniglot-anil"))
+    # derived presets keep the family's schedule: only what they name differs
+    assert anil.task == base.task and anil.inner == base.inner and anil.train == base.train
+    mamlpp = resolve(host, preset="omniglot-mamlpp").config
+    assert mamlpp.task == base.task and mamlpp.outer.schedule == "cosine"

@@ -142,6 +142,23 @@ class Preset:
     description: str
     values: Mapping[str, Any] = field(default_factory=dict)
 
+    def derive(self, name: str, description: str, values: Mapping[str, Any]) -> Preset:
+        """A new preset: this one's values with ``values`` merged over them key by key.
+
+        How an algorithm plugin pairs itself with a task family's schedule, e.g. ``omniglot``
+        with ``algorithm.name=anil``, without copying (and drifting from) the family's preset.
+        """
+
+        def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+            out = dict(base)
+            for key, value in over.items():
+                old = out.get(key)
+                both = isinstance(value, Mapping) and isinstance(old, Mapping)
+                out[key] = merged(old, value) if both else value
+            return out
+
+        return Preset(name, description, merged(self.values, values))
+
 
 # --- Resolution ------------------------------------------------------------------------------
 #

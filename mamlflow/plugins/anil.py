@@ -14,9 +14,10 @@ from pydantic import Field
 
 from mamlflow.core.adapter import Adapter, AdapterState, Params, sgd
 from mamlflow.core.algorithm import Algorithm, AlgorithmConfig
-from mamlflow.core.config import InnerConfig
+from mamlflow.core.config import InnerConfig, Preset
 from mamlflow.core.errors import ConfigError
 from mamlflow.core.hookspecs import hookimpl
+from mamlflow.plugins.omniglot import PRESETS as OMNIGLOT_PRESETS
 
 __all__ = ["ANIL", "ANILConfig", "HeadOnly"]
 
@@ -77,3 +78,23 @@ class ANIL(Algorithm):
 @hookimpl
 def register_algorithms(register: Callable[[type[Algorithm]], None]) -> None:
     register(ANIL)
+
+
+PRESETS = (
+    OMNIGLOT_PRESETS[0].derive(
+        "omniglot-anil",
+        "Omniglot 5-way 1-shot with ANIL on MAML's schedule (Raghu et al. 2020)",
+        {"algorithm": {"name": "anil"}},
+    ),
+    OMNIGLOT_PRESETS[2].derive(
+        "omniglot-20w1s-anil",
+        "Omniglot 20-way 1-shot with ANIL on MAML's schedule (paper: 96.2 ± 0.5%)",
+        {"algorithm": {"name": "anil"}},
+    ),
+)
+
+
+@hookimpl
+def register_presets(register: Callable[[Preset], None]) -> None:
+    for preset in PRESETS:
+        register(preset)

@@ -16,8 +16,10 @@ import torch
 
 from mamlflow.core.adapter import Adapter, AdapterState, Params
 from mamlflow.core.algorithm import Algorithm
-from mamlflow.core.config import InnerConfig
+from mamlflow.core.config import InnerConfig, Preset
 from mamlflow.core.hookspecs import hookimpl
+from mamlflow.plugins.omniglot import PRESETS as OMNIGLOT_PRESETS
+from mamlflow.plugins.sinusoid import SINUSOID_PRESET
 
 __all__ = ["MetaSGD", "PerParameterSGD"]
 
@@ -50,3 +52,23 @@ class MetaSGD(Algorithm):
 @hookimpl
 def register_algorithms(register: Callable[[type[Algorithm]], None]) -> None:
     register(MetaSGD)
+
+
+PRESETS = (
+    SINUSOID_PRESET.derive(
+        "sinusoid-metasgd",
+        "Sinusoid regression with Meta-SGD on MAML's schedule (Li et al. 2017)",
+        {"algorithm": {"name": "metasgd"}},
+    ),
+    OMNIGLOT_PRESETS[0].derive(
+        "omniglot-metasgd",
+        "Omniglot 5-way 1-shot with Meta-SGD on MAML's schedule (paper: 99.53%)",
+        {"algorithm": {"name": "metasgd"}},
+    ),
+)
+
+
+@hookimpl
+def register_presets(register: Callable[[Preset], None]) -> None:
+    for preset in PRESETS:
+        register(preset)

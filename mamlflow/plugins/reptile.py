@@ -18,11 +18,13 @@ from pydantic import Field
 
 from mamlflow.core.adapter import Adapter, adam, sgd
 from mamlflow.core.algorithm import Algorithm, AlgorithmConfig
-from mamlflow.core.config import InnerConfig
+from mamlflow.core.config import InnerConfig, Preset
 from mamlflow.core.hookspecs import hookimpl
 from mamlflow.core.task import TaskObjective
 from mamlflow.kernels import MetaStep, Strategy
 from mamlflow.kernels._reptile import REPTILE_STRATEGIES, make_reptile_step
+from mamlflow.plugins.omniglot import PRESETS as OMNIGLOT_PRESETS
+from mamlflow.plugins.sinusoid import SINUSOID_PRESET
 
 __all__ = ["Reptile", "ReptileConfig"]
 
@@ -87,3 +89,37 @@ class Reptile(Algorithm):
 @hookimpl
 def register_algorithms(register: Callable[[type[Algorithm]], None]) -> None:
     register(Reptile)
+
+
+PRESETS = (
+    SINUSOID_PRESET.derive(
+        "sinusoid-reptile",
+        "Sinusoid regression with Reptile: 5 inner SGD steps, outer SGD at 1.0 annealed to 0",
+        {
+            "algorithm": {"name": "reptile"},
+            "inner": {"steps": 5, "lr": 0.02},
+            "outer": {"name": "sgd", "lr": 1.0, "schedule": "linear"},
+        },
+    ),
+    OMNIGLOT_PRESETS[0].derive(
+        "omniglot-reptile",
+        "Omniglot 5-way 1-shot with Reptile, the paper's schedule (97.68% transductive)",
+        {
+            # Nichol et al. 2018, Omniglot: inner Adam (beta1 = 0) at 0.001 for 5 steps on 10
+            # examples per class, 5 tasks per meta-batch, outer step 1.0 annealed linearly to
+            # 0 over 100k iterations, 50 inner steps at test time.
+            "task": {"query": 9},
+            "algorithm": {"name": "reptile", "inner_optimizer": "adam"},
+            "inner": {"steps": 5, "lr": 0.001},
+            "outer": {"name": "sgd", "lr": 1.0, "schedule": "linear"},
+            "train": {"iterations": 100_000, "meta_batch_size": 5},
+            "eval": {"steps": 50, "query": 1},
+        },
+    ),
+)
+
+
+@hookimpl
+def register_presets(register: Callable[[Preset], None]) -> None:
+    for preset in PRESETS:
+        register(preset)
