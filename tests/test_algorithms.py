@@ -14,6 +14,7 @@ from mamlflow.core.config import resolve
 from mamlflow.core.errors import ConfigError
 from mamlflow.core.evaluate import evaluate
 from mamlflow.core.host import PluginHost
+from mamlflow.core.task import StagedObjective
 from mamlflow.core.trainer import Trainer
 from mamlflow.kernels import make_adapt, make_meta_step
 from mamlflow.kernels._reptile import make_reptile_step
@@ -72,7 +73,8 @@ def test_anil_adapts_only_the_head_and_matches_the_loop(host: PluginHost) -> Non
         host, preset="sinusoid", sets=("kernel.dtype=float64", "algorithm.name=anil")
     ).config
     components = build_components(config, host)
-    objective = components.family.objective(components.learner)
+    objective = components.objective()
+    assert isinstance(objective, StagedObjective)  # the body's features are computed once
     params = components.learner.init_params()
     adapter = components.adapter
     assert adapter.adapted(params) == {"4.weight", "4.bias"}  # the MLP's output layer
@@ -333,3 +335,64 @@ def test_every_family_member_and_its_presets_are_registered(host: PluginHost) ->
     assert anil.task == base.task and anil.inner == base.inner and anil.train == base.train
     mamlpp = resolve(host, preset="omniglot-mamlpp").config
     assert mamlpp.task == base.task and mamlpp.outer.schedule == "cosine"
+
+
+@pytest.mark.parametrize("multi_step", [False, True])
+def test_anil_feature_reuse_on_conv4_matches_the_whole_model_loop(
+    host: PluginHost, multi_step: bool
+) -> None:
+    """The batched kernel runs conv-4's body once per task; the loop runs the whole model."""
+    sets = ("kernel.dtype=float64", "algorithm.name=anil", "model.filters=4", "task.query=2")
+    config = resolve(host, preset="omniglot", sets=sets).config
+    components = build_components(config, host)
+    objective = components.objective()
+    assert isinstance(objective, StagedObjective)
+    assert objective.head_params == {"head.weight", "head.bias"}
+    params, learnables = components.initial_params()
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        part: {
+            "x": torch.randn(3, n, 1, 28, 28, generator=g, dtype=torch.float64),
+            "y": torch.stack([torch.randperm(5, generator=g).repeat(n // 5) for _ in range(3)]),
+        }
+        for part, n in (("support", 5), ("query", 10))
+    }
+    scale = torch.tensor([0.1, 0.2, 0.4], dtype=torch.float64) if multi_step else 1 / 3
+    for first_order in (False, True):
+        loop, batched = (
+            make_meta_step(
+                objective,
+                components.adapter,
+                steps=3,
+                first_order=first_order,
+                strategy=s,
+                multi_step=multi_step,
+            )(params, learnables, batch["support"], batch["query"], scale)
+            for s in ("loop", "batched")
+        )
+        for k in params:
+            torch.testing.assert_close(batched.grads[k], loop.grads[k], rtol=0, atol=1e-10)
+        assert loop.grads["blocks.0.conv.weight"].abs().max() > 0  # the body is meta-learned
+        torch.testing.assert_close(batched.loss, loop.loss, rtol=1e-12, atol=0)
+
+
+def test_anil_without_a_head_last_model_falls_back_to_the_whole_model(
+    host: PluginHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    sets = ("algorithm.name=anil", "algorithm.head=2")  # a hidden layer: not head(body(x))
+    components = build_components(resolve(host, preset="sinusoid", sets=sets).config, host)
+    with caplog.at_level("WARNING", logger="mamlflow.anil"):
+        objective = components.objective()
+    assert not isinstance(objective, StagedObjective)
+    assert "forward is not head(body(x)) for head '2'" in caplog.text
+    off = ("algorithm.name=anil", "algorithm.reuse_features=false")
+    components = build_components(resolve(host, preset="sinusoid", sets=off).config, host)
+    assert not isinstance(components.objective(), StagedObjective)
+
+
+def test_a_staged_objective_refuses_an_adapter_that_adapts_its_body(host: PluginHost) -> None:
+    components, _, params, batch = _sinusoid(host, "algorithm.name=anil")
+    objective = components.objective()
+    step = make_meta_step(objective, sgd(0.01), steps=1, first_order=False, strategy="batched")
+    with pytest.raises(ValueError, match=r"may adapt only \['4.bias', '4.weight'\]"):
+        step(params, {}, batch.support, batch.query, 0.25)

@@ -16,11 +16,12 @@ import torch
 
 from .adapter import Adapter
 from .plugin_config import PluginConfig
-from .task import TaskObjective
+from .task import TaskFamily, TaskObjective
 
 if TYPE_CHECKING:
     from ..kernels import MetaStep, Strategy
     from .config import InnerConfig
+    from .learner import Learner
 
 __all__ = ["Algorithm", "AlgorithmConfig"]
 
@@ -45,6 +46,14 @@ class Algorithm(ABC):
 
     strategies: ClassVar[tuple[Strategy, ...] | None] = None
     """The kernel strategies ``make_meta_step`` implements; None: all of ``kernels.STRATEGIES``."""
+
+    def objective(self, family: TaskFamily, learner: Learner) -> TaskObjective:
+        """The per-task training loss the kernels differentiate: the family's, by default.
+
+        ANIL returns a ``StagedObjective`` here, so the kernels can compute the body's features
+        once per task instead of once per inner step.
+        """
+        return family.objective(learner)
 
     def first_order(
         self, inner: InnerConfig, iteration: int, iterations: int | None = None

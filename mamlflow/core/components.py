@@ -12,7 +12,7 @@ from .config import RunConfig
 from .errors import ConfigError
 from .host import PluginHost
 from .learner import Learner, Params
-from .task import TaskFamily
+from .task import TaskFamily, TaskObjective
 
 __all__ = ["Components", "build_components", "resolve_device"]
 
@@ -56,6 +56,10 @@ class Components:
     def autocast(self) -> torch.dtype | None:
         """The dtype the meta-step runs under ``torch.autocast`` in, or None (kernel.autocast)."""
         return None if self.config.kernel.autocast == "none" else torch.bfloat16
+
+    def objective(self) -> TaskObjective:
+        """The training loss the kernels differentiate (the algorithm's choice; see Algorithm)."""
+        return self.algorithm.objective(self.family, self.learner)
 
     def initial_params(self) -> tuple[Params, Params]:
         params = self.learner.init_params()

@@ -27,6 +27,7 @@ __all__ = [
     "Metric",
     "ModelIO",
     "Split",
+    "StagedObjective",
     "TaskBatch",
     "TaskConfig",
     "TaskFamily",
@@ -41,11 +42,34 @@ TaskObjective = Callable[[TensorDict, Mapping[str, Tensor]], Tensor]
 
 
 @dataclass(frozen=True)
+class StagedObjective:
+    """An objective split where the inner loop cannot change the first stage.
+
+    ``self(params, data) == head(params, features(params, data))``. When the inner loop adapts
+    only the parameters ``head`` reads (ANIL), ``features`` is the same before and after every
+    inner step, so the batched kernels compute it once per task and run the inner steps on
+    ``head`` alone. The reference loop calls the objective as a whole, so parity tests check
+    the split too.
+    """
+
+    full: TaskObjective
+    features: Callable[[TensorDict, Mapping[str, Tensor]], Mapping[str, Tensor]]
+    head: TaskObjective
+    head_params: frozenset[str]
+    """The only parameters an inner loop may adapt: the ones ``head`` reads."""
+
+    def __call__(self, params: TensorDict, data: Mapping[str, Tensor]) -> Tensor:
+        return self.full(params, data)
+
+
+@dataclass(frozen=True)
 class ModelIO:
     """What a model must accept and produce for a task family."""
 
     input_shape: tuple[int, ...]
     output_dim: int
+    input_key: str = "x"
+    """The key of a task's data that the objective feeds to the model."""
 
 
 @dataclass(frozen=True)

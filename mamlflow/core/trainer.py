@@ -168,7 +168,7 @@ class Trainer:
         batch_size = cfg.train.meta_batch_size
         task_index = torch.arange(batch_size)
         scale = 1.0 / batch_size
-        objective = c.family.objective(c.learner)
+        objective = c.objective()
         steps_by_kind: dict[tuple[bool, bool], Any] = {}
         val_every = cfg.train.val_every
         minutes = cfg.train.checkpoint_every_minutes

@@ -402,7 +402,7 @@ def benchmark(
         {k: v.detach().to(device, components.dtype).clone() for k, v in tree.items()}
         for tree in components.initial_params()
     )
-    objective = components.family.objective(components.learner)
+    objective = components.objective()
     scale = 1.0 / num_tasks
     args = (params, learnables, batch.support, batch.query, scale)
 

@@ -50,7 +50,7 @@ from torch.func import grad, grad_and_value, vmap
 
 from ..core.adapter import Adapter, apply_updates
 from ..core.errors import ConfigError
-from ..core.task import TaskObjective
+from ..core.task import StagedObjective, TaskObjective
 
 __all__ = [
     "STRATEGIES",
@@ -167,7 +167,30 @@ def _inner_loop(
 def _task_loss(
     objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool, multi_step: bool
 ) -> Callable[[Params, Params, Data, Data], Tensor]:
-    """One task's query loss after adaptation: a scalar, or a vector of one per inner step."""
+    """One task's query loss after adaptation: a scalar, or a vector of one per inner step.
+
+    A ``StagedObjective`` computes its features once, before the inner loop, which then runs on
+    its head alone: valid only if the adapter adapts nothing the features read, which is checked.
+    """
+    if isinstance(objective, StagedObjective):
+        staged = objective
+        on_head = _task_loss(staged.head, adapter, steps, first_order, multi_step)
+
+        def staged_loss(params: Params, learnables: Params, support: Data, query: Data) -> Tensor:
+            keys = adapter.adapted(params)
+            if keys is None or not keys <= staged.head_params:
+                raise ValueError(
+                    "a StagedObjective's features are computed once per task, so the adapter "
+                    f"may adapt only {sorted(staged.head_params)}, not {sorted(keys or params)}"
+                )
+            return on_head(
+                params,
+                learnables,
+                staged.features(params, support),
+                staged.features(params, query),
+            )
+
+        return staged_loss
     if multi_step:
         trajectory = _trajectory(objective, adapter, steps, first_order)
 

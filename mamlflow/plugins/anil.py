@@ -3,23 +3,38 @@
 The inner loop differentiates the support loss with respect to the head's parameters alone, so
 its backward stops at the head instead of running through the whole body; the body is shared by
 every task and meta-learned through the head's update (second order) like any other θ.
+
+Because no inner step changes the body, its features are the same before and after every step:
+with ``reuse_features`` (the default) ANIL hands the kernels a ``StagedObjective`` and the
+batched kernels run the body once per task, then every inner step on the head alone. That needs
+a model whose forward ends in its head module (``head(body(x))``, true of conv-4 and the MLP);
+ANIL checks this on a probe input and falls back to the whole model, with a warning, otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import logging
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from pydantic import Field
+import torch
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+from torch.func import functional_call
 
 from mamlflow.core.adapter import Adapter, AdapterState, Params, sgd
 from mamlflow.core.algorithm import Algorithm, AlgorithmConfig
 from mamlflow.core.config import InnerConfig, Preset
 from mamlflow.core.errors import ConfigError
 from mamlflow.core.hookspecs import hookimpl
+from mamlflow.core.learner import Learner
+from mamlflow.core.task import StagedObjective, TaskFamily, TaskObjective
 from mamlflow.plugins.omniglot import PRESETS as OMNIGLOT_PRESETS
 
 __all__ = ["ANIL", "ANILConfig", "HeadOnly"]
+
+log = logging.getLogger("mamlflow.anil")
 
 
 class ANILConfig(AlgorithmConfig):
@@ -27,6 +42,18 @@ class ANILConfig(AlgorithmConfig):
         None,
         description="name prefix of the parameters the inner loop adapts, e.g. head or 4; "
         "null: the module that owns the model's last parameter (its output layer)",
+    )
+
+    @field_validator("head", mode="before")
+    @classmethod
+    def _index_names_a_module(cls, value: object) -> object:
+        # nn.Sequential names its modules 0, 1, ...: --set algorithm.head=4 arrives as an int.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    reuse_features: bool = Field(
+        True,
+        description="compute the body's features once per task, not once per inner step "
+        "(same result; needs a model whose forward ends in the head module)",
     )
 
 
@@ -37,9 +64,13 @@ class HeadOnly(Adapter):
         self.inner = inner
         self.head = head
 
+    def head_name(self, params: Params) -> str:
+        """The configured head, or the module that owns the last parameter."""
+        return self.head if self.head is not None else list(params)[-1].rpartition(".")[0]
+
     def adapted(self, params: Params) -> frozenset[str]:
         names = list(params)
-        head = self.head if self.head is not None else names[-1].rpartition(".")[0]
+        head = self.head_name(params)
         keys = frozenset(k for k in names if k == head or k.startswith(f"{head}."))
         if not keys:
             modules = sorted({k.rpartition(".")[0] for k in names})
@@ -73,6 +104,57 @@ class ANIL(Algorithm):
 
     def adapter(self, inner: InnerConfig) -> Adapter:
         return HeadOnly(sgd(inner.lr), self.config.head)
+
+    def objective(self, family: TaskFamily, learner: Learner) -> TaskObjective:
+        full = family.objective(learner)
+        if not self.config.reuse_features:
+            return full
+        params = learner.init_params()
+        head_only = HeadOnly(sgd(0.0), self.config.head)
+        head_keys = head_only.adapted(params)
+        head = head_only.head_name(params)
+        try:
+            head_module = learner.module.get_submodule(head)
+        except AttributeError:
+            log.warning("ANIL: %r is not a module, so features are not reused", head)
+            return full
+        body_module = copy.deepcopy(learner.module)
+        parent, _, child = head.rpartition(".")
+        setattr(body_module.get_submodule(parent) if parent else body_module, child, nn.Identity())
+        body = Learner(body_module)
+        strip = len(head) + 1
+
+        def head_model(p: Params, features: Tensor) -> Tensor:
+            return functional_call(head_module, {k[strip:]: p[k] for k in head_keys}, (features,))
+
+        key = family.io.input_key
+
+        def features(p: Params, data: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+            body_params = {k: v for k, v in p.items() if k not in head_keys}
+            return {**data, key: body(body_params, data[key])}
+
+        ref = next(iter(params.values()))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            probe = torch.randn(3, *family.io.input_shape, dtype=ref.dtype).to(ref.device)
+        with torch.no_grad():
+            whole = learner(params, probe)
+            try:
+                staged = head_model(params, features(params, {key: probe})[key])
+            except Exception:  # e.g. a shape mismatch: the head is not the last stage
+                staged = None
+        if (
+            staged is None
+            or whole.shape != staged.shape
+            or not torch.allclose(whole, staged, rtol=1e-4, atol=1e-5)
+        ):
+            log.warning(
+                "ANIL: this model's forward is not head(body(x)) for head %r, so features are "
+                "not reused (set algorithm.reuse_features=false to silence this)",
+                head,
+            )
+            return full
+        return StagedObjective(full, features, family.objective(head_model), head_keys)
 
 
 @hookimpl
