@@ -143,6 +143,23 @@ def test_reptile_pseudo_gradient_is_theta_minus_the_adapted_weights(
     torch.testing.assert_close(batched.loss, loop.loss, rtol=1e-12, atol=0)
 
 
+def test_compiled_reptile_matches_its_loop_in_float32(host: PluginHost) -> None:
+    config = resolve(host, preset="sinusoid", sets=("algorithm.name=reptile",)).config
+    components = build_components(config, host)
+    objective = components.objective()
+    params = components.learner.init_params()
+    batch = components.family.sample(0, 0, torch.arange(8))
+    loop, compiled = (
+        make_reptile_step(objective, sgd(0.02), steps=3, strategy=s)(  # type: ignore[arg-type]
+            params, {}, batch.support, batch.query, 0.125
+        )
+        for s in ("loop", "compiled")
+    )
+    scale = max(v.abs().max().item() for v in loop.grads.values())
+    for k in params:
+        torch.testing.assert_close(compiled.grads[k], loop.grads[k], rtol=1e-4, atol=1e-4 * scale)
+
+
 def test_reptile_with_outer_sgd_at_rate_one_jumps_to_the_mean_adapted_weights(
     host: PluginHost, tmp_path: Path
 ) -> None:
@@ -213,7 +230,7 @@ def test_multi_step_loss_weights_anneal_toward_the_last_step() -> None:
     assert end[:-1] == pytest.approx((0.006,) * 4) and end[-1] == pytest.approx(0.976)
 
 
-@pytest.mark.parametrize("strategy", ["batched", "compiled-split"])
+@pytest.mark.parametrize("strategy", ["batched", "compiled-split", "compiled-loop"])
 def test_the_multi_step_loss_matches_the_loop_and_its_one_hot_case_is_maml(
     host: PluginHost, strategy: str
 ) -> None:
