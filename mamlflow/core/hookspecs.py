@@ -9,8 +9,8 @@ duplicate detection and error messages. A plugin module implements any subset::
     def register_task_families(register):
         register(MyTaskFamily)
 
-Expose the module under the ``mamlflow`` entry-point group of your package. ``docs/hooks.md``
-documents each hook with its exact signature.
+Expose the module under the ``mamlflow`` entry-point group of your package. ``docs/plugins.md``
+walks through writing one and documents each hook with its exact signature.
 """
 
 from __future__ import annotations
