@@ -1,16 +1,24 @@
-"""``metaflow run``: resolve a config, meta-train with a live progress bar, summarise."""
+"""``metaflow run``: resolve a config, meta-train with a live progress bar, summarise.
+
+With ``--nproc-per-node N`` it starts N processes through torchrun's agent and waits for them;
+each of them runs this same command, finds its place from torchrun's environment, and only rank 0
+prints the progress bar and the summary.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,11 +31,21 @@ from rich.table import Table
 
 from mamlflow.core.checkpoint import CHECKPOINT_NAME
 from mamlflow.core.config import ResolvedConfig, load_saved, parse_set, resolve, save_resolved
+from mamlflow.core.distributed import (
+    DistributedError,
+    check_device,
+    from_env,
+    launched_by_torchrun,
+    threads_per_process,
+)
 from mamlflow.core.errors import ConfigError
 from mamlflow.core.host import get_host
-from mamlflow.core.trainer import Trainer
+from mamlflow.core.trainer import Trainer, TrainSummary
 
-from ._common import console, fail
+from ._common import DEBUG_ENV, console, err_console, fail
+
+if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 __all__ = ["CONFIG_NAME", "run"]
 
@@ -66,9 +84,23 @@ def run(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="continue the run in this directory")
     ] = None,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc-per-node",
+            min=1,
+            help="processes sharing each meta-batch, started by torchrun on this machine "
+            "(one per GPU with --device cuda)",
+        ),
+    ] = None,
 ) -> None:
     """Meta-train a model and write a run directory (config, metrics, checkpoint)."""
     host = get_host()
+    if nproc_per_node is not None and launched_by_torchrun():
+        fail(
+            "--nproc-per-node starts torchrun itself; under torchrun, drop it (torchrun's own "
+            "--nproc-per-node sets the number of processes)"
+        )
     overrides: dict[str, tuple[Any, str]] = {}
     if seed is not None:
         overrides["seed"] = (seed, "--seed")
@@ -101,20 +133,57 @@ def run(
         resolved = resolve(
             host, preset=plugin, file=config_file, sets=sets or (), overrides=overrides
         )
-        run_dir = out if out is not None else _default_run_dir(resolved)
-        if (run_dir / CONFIG_NAME).exists() or (run_dir / CHECKPOINT_NAME).exists():
-            fail(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                "or choose another --out"
-            )
+        run_dir = out
     cfg = resolved.config
-    # Build everything (device, model, plugins) before touching the run directory, so a bad
-    # choice leaves no half-made run behind.
-    trainer = Trainer(cfg, run_dir, host, resume=resume is not None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved(resolved, run_dir / CONFIG_NAME)
 
-    total = cfg.train.iterations
+    if nproc_per_node is not None and nproc_per_node > 1:
+        # The run directory is fixed here, once: the default name has a timestamp, which the
+        # processes would each read at a slightly different second.
+        if run_dir is None:
+            run_dir = _default_run_dir(resolved)
+        if resume is None:
+            _refuse_existing_run(run_dir)
+        check_device(cfg.device, nproc_per_node)  # fails once, here, not in every process
+        worker_args = _worker_args(plugin, config_file, sets, run_dir, seed, device, resume)
+        _launch(nproc_per_node, worker_args, run_dir)
+        return
+
+    dist = from_env(cfg.device)
+    try:
+        if run_dir is None:
+            # Under torchrun without --out: rank 0 names the directory for everyone.
+            name = str(_default_run_dir(resolved)) if dist.is_main else None
+            run_dir = Path(dist.broadcast_object(name, "sharing the run directory"))
+        if resume is None:
+            _refuse_existing_run(run_dir)
+        # Build everything (device, model, plugins) before touching the run directory, so a bad
+        # choice leaves no half-made run behind.
+        trainer = Trainer(cfg, run_dir, host, resume=resume is not None, dist=dist)
+        # No process may still be checking for an existing run when rank 0 starts this one.
+        dist.barrier("starting the run")
+        if not dist.is_main:
+            with _graceful_interrupt(trainer, None):  # torchrun forwards Ctrl-C to every rank
+                trainer.fit()
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(resolved, run_dir / CONFIG_NAME)
+        summary = _fit_with_progress(trainer)
+    finally:
+        dist.shutdown()
+    _print_summary(run_dir, summary)
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / CONFIG_NAME).exists() or (run_dir / CHECKPOINT_NAME).exists():
+        fail(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+            "or choose another --out"
+        )
+
+
+def _fit_with_progress(trainer: Trainer) -> TrainSummary:
+    """``trainer.fit()`` under a live progress bar, with a graceful first Ctrl-C."""
+    total = trainer.config.train.iterations
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -149,8 +218,10 @@ def run(
         trainer.on_step = on_step
         progress.update(bar, completed=0)
         with _graceful_interrupt(trainer, progress.console):
-            summary = trainer.fit()
+            return trainer.fit()
 
+
+def _print_summary(run_dir: Path, summary: TrainSummary) -> None:
     from ._plots import plot_learning_curve
 
     if plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "learning_curve.png"):
@@ -169,12 +240,16 @@ def run(
 
 
 @contextlib.contextmanager
-def _graceful_interrupt(trainer: Trainer, out: Console) -> Iterator[None]:
-    """First Ctrl-C: stop after this step with a checkpoint. Second: abort at once."""
+def _graceful_interrupt(trainer: Trainer, out: Console | None) -> Iterator[None]:
+    """First Ctrl-C: stop after this step with a checkpoint. Second: abort at once.
+
+    ``out`` is where to say so; ``None`` (ranks other than 0) stops silently.
+    """
     previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum: int, frame: object) -> None:
-        out.print("[yellow]stopping after this step (Ctrl-C again to abort)…[/]")
+        if out is not None:
+            out.print("[yellow]stopping after this step (Ctrl-C again to abort)…[/]")
         trainer.request_stop()
         signal.signal(signal.SIGINT, previous)
 
@@ -183,6 +258,105 @@ def _graceful_interrupt(trainer: Trainer, out: Console) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _worker_args(
+    plugin: str | None,
+    config_file: Path | None,
+    sets: list[str] | None,
+    run_dir: Path,
+    seed: int | None,
+    device: str | None,
+    resume: Path | None,
+) -> list[str]:
+    """The ``metaflow run`` each process runs: this one, with the run directory made explicit."""
+    args = ["run"]
+    if resume is not None:
+        args += ["--resume", str(resume)]
+    else:
+        if plugin is not None:
+            args += ["--plugin", plugin]
+        if config_file is not None:
+            args += ["--config", str(config_file)]
+        args += ["--out", str(run_dir)]
+        if seed is not None:
+            args += ["--seed", str(seed)]
+    for item in sets or ():
+        args += ["--set", item]
+    if device is not None:
+        args += ["--device", device]
+    return args
+
+
+def _launch(nproc: int, worker_args: list[str], run_dir: Path) -> None:
+    """``torchrun --standalone --nproc-per-node N -m mamlflow <worker_args>``, in this process.
+
+    torchrun's agent runs here rather than as a child, so its failures come back as values and
+    are reported in one line (which rank, how it ended, what the run directory still holds)
+    instead of the agent's traceback and failure table.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
+    # Unset, torchrun would set it to 1 and print a warning. Each process sets its own thread
+    # count anyway (threads_per_process: MAMLFLOW_THREADS, or the cores shared out).
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
+    if not os.environ.get(DEBUG_ENV):
+        # Our one line below says what the agent's warnings and failure table would. Its
+        # loggers set levels of their own, so the parent's level alone would not do.
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "-m", "mamlflow", *worker_args]
+    )
+    try:
+        torchrun(args)
+    except ChildFailedError as failed:
+        _report_failure(failed, run_dir)
+    except SignalException as interrupted:
+        # torchrun forwarded the signal once to every process: each finished its step and
+        # rank 0 wrote the checkpoint (or, past the agent's grace period, was killed).
+        err_console.print(
+            f"[yellow]interrupted ({interrupted.sigval.name}):[/] {escape(_what_is_kept(run_dir))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(128 + int(interrupted.sigval)) from None
+
+
+def _what_is_kept(run_dir: Path) -> str:
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        return f"{run_dir} keeps the last complete checkpoint: continue with --resume {run_dir}"
+    return "no checkpoint was written yet"
+
+
+def _report_failure(failed: ChildFailedError, run_dir: Path) -> NoReturn:
+    """One line for the process whose failure stopped the run.
+
+    A process that only lost its peers exits with ``DistributedError``'s code, and the ones the
+    agent stopped afterwards die by SIGTERM: neither is the cause unless nothing else failed.
+    """
+    lost = DistributedError.exit_code
+
+    def consequence(item: tuple[int, Any]) -> tuple[bool, int, int]:
+        rank, failure = item
+        after = failure.exitcode in (lost, -signal.SIGTERM)
+        return (after, failure.timestamp, rank)
+
+    rank, failure = min(failed.failures.items(), key=consequence)
+    if failure.exitcode < 0:
+        how = f"was killed by {failure.signal_name()}"
+    elif failure.exitcode == lost:
+        how = "lost contact with the other processes"
+    else:
+        how = f"failed with exit code {failure.exitcode} (its error is printed above)"
+    others = len(failed.failures) - 1
+    also = f", {others} other process{'es' if others > 1 else ''} stopped with it" if others else ""
+    code = failure.exitcode if failure.exitcode > 0 else 1
+    fail(f"rank {rank} {how}{also}; the run stopped. {_what_is_kept(run_dir)}", code)
 
 
 def _default_run_dir(resolved: ResolvedConfig) -> Path:

@@ -3,6 +3,11 @@
 The loop is plain Python around one kernel call per iteration: sample the meta-batch (a pure
 function of seed and iteration), compute the meta-gradient, apply the outer optimizer. Logging,
 callbacks, checkpoints and the time limit run between steps, never inside the compiled step.
+
+With several processes (``dist``, see ``distributed.py``) each one samples and differentiates its
+shard of the meta-batch, and one flattened ``all_reduce`` per step, outside the kernel, sums the
+meta-gradients, the loss and the processes' stop requests before every process applies the same
+update. Rank 0 alone writes the run directory, validates and calls callbacks.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..kernels import STRATEGIES, Selection, select_meta_step
+from ..kernels import STRATEGIES, Selection, StepResult, select_meta_step
 from ._io import atomic_write
 from .callbacks import Callback, TrainerControl
 from .checkpoint import (
@@ -30,6 +35,7 @@ from .checkpoint import (
 )
 from .components import build_components
 from .config import RunConfig
+from .distributed import Dist, DistributedError
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
 from .host import PluginHost
@@ -77,6 +83,10 @@ class Trainer:
     shares ``control``, through which it may stop the run or ask for a checkpoint. With
     ``resume=True`` the run continues from ``run_dir``'s checkpoint: same meta-batches, same
     optimizer state, bitwise the same parameters as an uninterrupted run.
+
+    ``dist`` (from ``distributed.from_env``) makes this process one of several: it computes its
+    shard of every meta-batch, and only rank 0 writes into ``run_dir``, validates and calls
+    ``callbacks`` and ``on_step``. The default is one process, which does no collective at all.
     """
 
     def __init__(
@@ -88,8 +98,10 @@ class Trainer:
         resume: bool = False,
         callbacks: Sequence[Callback] = (),
         on_step: Callable[[int, dict[str, Any] | None], None] | None = None,
+        dist: Dist | None = None,
     ) -> None:
         self.config = config
+        self.dist = Dist() if dist is None else dist
         self.run_dir = Path(run_dir)
         self.host = host
         self.resume = resume
@@ -98,6 +110,9 @@ class Trainer:
         # before data loads and long before training.
         self.callbacks = [self._build_callback(name) for name in config.train.callbacks]
         self.callbacks += list(callbacks)
+        if not self.dist.is_main:
+            # Built all the same, so a config that cannot work fails on every rank alike.
+            self.callbacks = []
         for cb in self.callbacks:
             cb.control = self.control
         self.components = build_components(config, host)
@@ -125,7 +140,22 @@ class Trainer:
         return {k: v.detach().to(c.device, c.dtype).clone() for k, v in tensors.items()}
 
     def fit(self) -> TrainSummary:
-        cfg, c = self.config, self.components
+        try:
+            return self._fit()
+        except DistributedError as exc:
+            # Say what the user still has: the run directory outlives the processes.
+            if (self.run_dir / CHECKPOINT_NAME).is_file():
+                kept = (
+                    f"{self.run_dir} keeps the last complete checkpoint: continue with "
+                    f"--resume {self.run_dir}"
+                )
+            else:
+                kept = "no checkpoint was written yet: start the run again"
+            raise DistributedError(f"{exc}; {kept}") from exc
+
+    def _fit(self) -> TrainSummary:
+        cfg, c, dist = self.config, self.components, self.dist
+        main = dist.is_main
         params, learnables = (self._leaves(t) for t in c.initial_params())
         outer = self.host.optimizer(cfg.outer.name)(cfg.outer)
         leaves = [*params.values(), *learnables.values()]
@@ -146,11 +176,15 @@ class Trainer:
             start, elapsed_before, best = ckpt.iteration, ckpt.elapsed, ckpt.best
             # Keep the kernel the run started with, so resuming is bitwise exact.
             strategy = ckpt.strategy
+        # Every process starts from rank 0's θ and φ, however it built or loaded its own: equal
+        # parameters and equal summed gradients keep them equal (and the optimizer states too).
+        dist.broadcast_(leaves)
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        manifest = c.family.manifest()
-        if manifest:
-            atomic_write(self.run_dir / TASK_MANIFEST, json.dumps(manifest, indent=1).encode())
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            manifest = c.family.manifest()
+            if manifest:
+                atomic_write(self.run_dir / TASK_MANIFEST, json.dumps(manifest, indent=1).encode())
         metric = c.family.metric
         higher_is_better = metric != "mse"
         for cb in self.callbacks:
@@ -166,7 +200,8 @@ class Trainer:
 
         total = cfg.train.iterations
         batch_size = cfg.train.meta_batch_size
-        task_index = torch.arange(batch_size)
+        # This process's tasks; the scale stays 1 / the global meta-batch (see kernels._maml).
+        task_index = dist.shard(batch_size)
         scale = 1.0 / batch_size
         objective = c.objective()
         steps_by_kind: dict[tuple[bool, bool], Any] = {}
@@ -184,6 +219,8 @@ class Trainer:
 
         def save(finished: bool, name: str = CHECKPOINT_NAME) -> None:
             nonlocal last_checkpoint
+            if not main:
+                return  # rank 0 owns the run directory; the others hold the same state
             save_checkpoint(
                 self.run_dir,
                 Checkpoint(
@@ -204,22 +241,25 @@ class Trainer:
 
         while iteration < total:
             # A stop requested during the last step (Ctrl-C, a callback) outranks the time limit.
-            if self.control.stop_reason is not None:
-                stopped_by = self.control.stop_reason
+            requested_stop = self.control.stop_reason
+            time_up = cfg.train.time_limit is not None and elapsed() >= cfg.train.time_limit
+            if dist.world_size == 1 and (requested_stop is not None or time_up):
+                stopped_by = requested_stop if requested_stop is not None else "time_limit"
                 break
-            if cfg.train.time_limit is not None and elapsed() >= cfg.train.time_limit:
-                stopped_by = "time_limit"
-                break
-            batch = c.family.sample(cfg.seed, iteration, task_index).to(c.device, c.dtype)
+            # Several processes must agree to stop on the same iteration, or one would wait
+            # forever in an all_reduce the others never join: each votes in this step's
+            # all_reduce, and the step is dropped (below) if any of them wants to stop.
+            batch = None
+            if len(task_index):  # more processes than tasks leaves some without any
+                batch = c.family.sample(cfg.seed, iteration, task_index).to(c.device, c.dtype)
             first_order = c.algorithm.first_order(cfg.inner, iteration, total)
             weights = c.algorithm.step_weights(cfg.inner, iteration, total)
             kind = (first_order, weights is not None)
             meta_step = steps_by_kind.get(kind)
             if meta_step is None:
-                self.selection = select_meta_step(
+                self.selection = self._select(
                     strategy,
                     objective,
-                    c.adapter,
                     steps=cfg.inner.steps,
                     first_order=first_order,
                     remaining_iterations=total - iteration,
@@ -228,7 +268,12 @@ class Trainer:
                         if cfg.train.time_limit is None
                         else max(cfg.train.time_limit - elapsed(), 0.0)
                     ),
-                    probe=(params, learnables, batch.support, batch.query),
+                    probe=(
+                        params,
+                        learnables,
+                        {} if batch is None else batch.support,
+                        {} if batch is None else batch.query,
+                    ),
                     # What shapes cannot tell apart: the architecture and the task's loss.
                     signature=(
                         cfg.model.model_dump_json(),
@@ -236,17 +281,27 @@ class Trainer:
                         cfg.algorithm.model_dump_json(),
                         cfg.inner.model_dump_json(),
                     ),
-                    autocast=c.autocast,
                     multi_step=weights is not None,
-                    factory=c.algorithm.make_meta_step,
-                    strategies=c.algorithm.strategies or STRATEGIES,
                 )
-                log.info("kernel: %s (%s)", self.selection.strategy, self.selection.reason)
+                if main:
+                    log.info("kernel: %s (%s)", self.selection.strategy, self.selection.reason)
                 meta_step = steps_by_kind[kind] = self.selection.step
             step_scale: Tensor | float = scale
             if weights is not None:
                 step_scale = torch.tensor(weights, dtype=c.dtype, device=c.device) * scale
-            result = meta_step(params, learnables, batch.support, batch.query, step_scale)
+            if batch is None:
+                result = _no_tasks(params, learnables)
+            else:
+                result = meta_step(params, learnables, batch.support, batch.query, step_scale)
+            if dist.world_size > 1:
+                result, stop = self._sum_over_processes(
+                    result, params, learnables, requested_stop is not None, time_up
+                )
+                if stop is not None:
+                    # Dropped before the update: every process ends on this iteration, in the
+                    # state one process stopping here would have.
+                    stopped_by = stop
+                    break
             for k, p in params.items():
                 p.grad = result.grads[k]
             for k, p in learnables.items():
@@ -267,7 +322,8 @@ class Trainer:
                     "meta_loss": float(interval.loss_sum) / interval.steps,
                     "tasks_per_s": interval.steps * batch_size / max(now - interval.started, 1e-9),
                 }
-                if validate:
+                # Rank 0 alone validates; the others wait for it in the next all_reduce.
+                if validate and main:
                     value, ci95 = self._validate(params, learnables)
                     last_record[f"val_{metric}"] = value
                     last_record[f"val_{metric}_ci95"] = ci95
@@ -290,7 +346,7 @@ class Trainer:
             # The last step and a stopping run write their final checkpoint below.
             if due and iteration < total and self.control.stop_reason is None:
                 save(finished=False)
-            if self.on_step is not None:
+            if self.on_step is not None and main:
                 self.on_step(iteration, last_record)
 
         save(finished=iteration >= total)
@@ -308,6 +364,72 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(summary.as_dict())
         return summary
+
+    def _select(
+        self, requested: str, objective: Any, *, probe: Any, multi_step: bool, **options: Any
+    ) -> Selection:
+        """The meta-step: ``select_meta_step``, with rank 0's choice where ``auto`` measures.
+
+        Timings differ between processes, and a rank without tasks has nothing to time, so
+        rank 0 alone measures and every process then builds the kernel it chose: all of them
+        run the same one (and a resumed run keeps it, from rank 0's checkpoint).
+        """
+        c = self.components
+        common = {
+            "autocast": c.autocast,
+            "multi_step": multi_step,
+            "factory": c.algorithm.make_meta_step,
+            "strategies": c.algorithm.strategies or STRATEGIES,
+            **options,
+        }
+        dist = self.dist
+        if dist.world_size == 1 or requested != "auto":
+            return select_meta_step(requested, objective, c.adapter, probe=probe, **common)
+        if dist.is_main:
+            selection = select_meta_step(requested, objective, c.adapter, probe=probe, **common)
+            dist.broadcast_object((selection.strategy, selection.reason), "sharing the kernel")
+            return selection
+        chosen, reason = dist.broadcast_object(None, "sharing the kernel")
+        selection = select_meta_step(chosen, objective, c.adapter, probe=probe, **common)
+        return Selection(selection.strategy, selection.step, f"rank 0 measured: {reason}")
+
+    def _sum_over_processes(
+        self,
+        result: StepResult,
+        params: Params,
+        learnables: Params,
+        want_stop: bool,
+        time_up: bool,
+    ) -> tuple[StepResult, str | None]:
+        """The step's one collective: θ's and φ's gradients, the loss and the stop votes.
+
+        Returns the sums (the whole meta-batch's gradients and loss: each shard's are already
+        scaled by 1 / the global meta-batch size) and, if any process asked to stop, why.
+        """
+        c = self.components
+        grads = [result.grads[k] for k in params] + [result.learnable_grads[k] for k in learnables]
+        votes = torch.tensor([float(want_stop), float(time_up)], dtype=c.dtype, device=c.device)
+        flat = torch.cat(
+            [*(g.reshape(-1).to(c.dtype) for g in grads), result.loss.reshape(1).to(c.dtype), votes]
+        )
+        self.dist.all_reduce_(flat)
+        stop_votes, time_votes = flat[-2:].tolist()  # the one host sync this adds per step
+        if stop_votes or time_votes:
+            reason = self.control.stop_reason
+            if reason is None:
+                reason = "interrupted" if stop_votes else "time_limit"
+            return result, reason
+        pieces = flat[:-2].split([g.numel() for g in grads] + [1])
+        summed = [piece.view_as(g) for piece, g in zip(pieces, grads, strict=False)]
+        n = len(params)
+        return (
+            StepResult(
+                pieces[-1].reshape(()),
+                dict(zip(params, summed[:n], strict=True)),
+                dict(zip(learnables, summed[n:], strict=True)),
+            ),
+            None,
+        )
 
     def _validate(self, params: Params, learnables: Params) -> tuple[float, float]:
         """Mean (and 95% interval) of the metric on validation tasks after eval.steps steps."""
@@ -334,3 +456,13 @@ class Trainer:
                 f"(expected {sorted(expected)} with their shapes); resume with the run's own "
                 "config.json, unchanged"
             )
+
+
+def _no_tasks(params: Params, learnables: Params) -> StepResult:
+    """The step of a process without tasks: it adds nothing to the sum."""
+    ref = next(iter(params.values()))
+    return StepResult(
+        torch.zeros((), dtype=ref.dtype, device=ref.device),
+        {k: torch.zeros_like(v) for k, v in params.items()},
+        {k: torch.zeros_like(v) for k, v in learnables.items()},
+    )
