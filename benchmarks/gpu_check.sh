@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check, in one call of at most 10 minutes on a machine with one CUDA GPU:
 #   1. the CUDA parity tests (pytest -m gpu: every strategy against the loop, a run end to end);
-#   2. `metaflow bench` for Omniglot 5-way 1-shot (15 query/class, 32 tasks), second order;
-#   3. a timed Omniglot 5-way 1-shot training run (the paper's preset) and its evaluation;
-#   4. `metaflow bench` for Omniglot first order and for sinusoid;
+#   2. only where torch sees several GPUs: sinusoid trained by 1 process and by one process per
+#      GPU (`metaflow run --nproc-per-node N`, nccl), the same parameters, step time against the
+#      number of processes and the all_reduce's cost (benchmarks/distributed.py);
+#   3. `metaflow bench` for Omniglot 5-way 1-shot (15 query/class, 32 tasks), second order;
+#   4. a timed Omniglot 5-way 1-shot training run (the paper's preset) and its evaluation;
+#   5. `metaflow bench` for Omniglot first order and for sinusoid;
 # then a short table. Sections run in order of importance under one overall deadline, so a slow
 # machine still ends in time with the table of whatever finished.
 #
@@ -78,6 +81,20 @@ bench() {  # bench NAME ARGS...: one `metaflow bench --json` into $OUT_DIR/NAME.
 export -f bench
 
 section "pytest -m gpu" 150 "$PY" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider
+NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+NPROC=$NGPU
+[[ $DEVICE == cpu ]] && NPROC=2   # the dry run: gloo, 2 processes
+export NPROC
+multi() {
+    "$PY" benchmarks/distributed.py --device "$DEVICE" --nproc "1,$NPROC" --iterations 300 \
+        --json >"$OUT_DIR/distributed.json"
+}
+export -f multi
+if (( NPROC > 1 )); then
+    section "multi-process x$NPROC" 120 multi
+else
+    SUMMARY+=("multi-process: skipped ($NGPU GPU)")
+fi
 section "bench omniglot 2nd" 150 bench bench_omniglot_second --plugin omniglot --order second \
     --set task.query=15 --strategies "$STRATEGIES"
 train() {
@@ -105,6 +122,18 @@ print()
 for line in sections:
     print(f"  {line}")
 print()
+try:
+    dist = json.loads((out / "distributed.json").read_text())
+    for r in dist["runs"]:
+        threads = r["threads_per_process"] or "default"
+        print(f"multi-process sinusoid: {r['processes']} process(es), {threads} threads, "
+              f"{r['step_ms']:.2f} ms/step, param diff vs 1 process {r['param_rel_diff_vs_1']:.1e}")
+    for n, sizes in dist["collective"].items():
+        cost = ", ".join(f"{k}: {v['median_us']:.0f} us" for k, v in sizes.items())
+        print(f"multi-process all_reduce alone, {n} processes: {cost}")
+    print()
+except (OSError, ValueError, KeyError):
+    pass
 print(f"{'bench':<24} {'strategy':<14} {'tasks/s':>10} {'x loop':>8} {'peak MiB':>9} {'compile s':>9}")
 for name in ("bench_omniglot_second", "bench_omniglot_first", "bench_sinusoid_second"):
     path = out / f"{name}.json"
