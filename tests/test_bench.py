@@ -18,7 +18,6 @@ from mamlflow.cli import main
 from mamlflow.core.components import build_components
 from mamlflow.core.config import resolve
 from mamlflow.core.host import get_host
-from mamlflow.kernels import _bench
 from mamlflow.kernels._bench import benchmark, count_flops, device_strategies, peak_memory_mib
 
 FAST = ("--plugin", "sinusoid", "--strategies", "loop,batched", "--repeats", "2")
@@ -137,16 +136,16 @@ def test_flop_count_is_exact_for_a_matmul_and_counts_the_double_backward() -> No
 
 def test_a_failing_strategy_is_a_row_with_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # Injects a compiler-like failure into one strategy's construction; the others still run.
-    real = _bench.make_meta_step
+    host = get_host()
+    components = build_components(resolve(host, preset="sinusoid").config, host)
+    real = components.algorithm.make_meta_step  # the bench builds steps the algorithm's way
 
     def failing(*args: object, strategy: str, **kwargs: object):
         if strategy == "batched":
             raise RuntimeError("backend failed\nwith a long second line")
         return real(*args, strategy=strategy, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_bench, "make_meta_step", failing)
-    host = get_host()
-    components = build_components(resolve(host, preset="sinusoid").config, host)
+    monkeypatch.setattr(components.algorithm, "make_meta_step", failing)
     report = benchmark(components, strategies=["batched"], repeats=1, auto=False)
     assert [row.strategy for row in report.results] == ["loop", "batched"]
     failed = report.result("batched")
