@@ -355,13 +355,9 @@ def _channels_last_view(tree: Params) -> Params:
 def _split_step(
     objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool, multi_step: bool
 ) -> MetaStep:
-    trajectory = _trajectory(objective, adapter, steps, first_order)
-    if not multi_step:
-        trajectory = _inner_loop(objective, adapter, steps, first_order)  # type: ignore[assignment]
-    adapt_all = torch.compile(
-        _own_code(vmap(trajectory, in_dims=(None, None, 0))),
-        dynamic=False,
-    )
+    # The multi-step loss needs the parameters after every step, MAML's only the last ones.
+    adapt = (_trajectory if multi_step else _inner_loop)(objective, adapter, steps, first_order)
+    adapt_all = torch.compile(_own_code(vmap(adapt, in_dims=(None, None, 0))), dynamic=False)
     query_loss = torch.compile(_own_code(objective), dynamic=False)
 
     def step(
