@@ -282,12 +282,8 @@ def _worker_of_rank(launcher: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} among the children of {launcher}")
 
 
-@pytest.mark.slow
-def test_a_killed_rank_ends_the_run_with_one_line_and_an_intact_checkpoint(
-    tmp_path: Path,
-) -> None:
-    run_dir = tmp_path / "run"
-    checkpoint = run_dir / "checkpoint.pt"
+def _endless_two_process_run(run_dir: Path) -> subprocess.Popen[str]:
+    """``--nproc-per-node 2`` with no end in sight, once it has written its first checkpoint."""
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "mamlflow", "run", "--plugin", "sinusoid",
@@ -299,12 +295,22 @@ def test_a_killed_rank_ends_the_run_with_one_line_and_an_intact_checkpoint(
         text=True,
         env=CHILD_ENV,
     )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoint.pt").exists():
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            proc.kill()
+            raise AssertionError(f"the run never wrote a checkpoint: {proc.communicate()}")
+        time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_with_one_line_and_an_intact_checkpoint(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = _endless_two_process_run(run_dir)
     try:
-        deadline = time.monotonic() + 120
-        while not checkpoint.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the run never wrote a checkpoint"
-            time.sleep(0.2)
         victim = _worker_of_rank(proc.pid, 1)
         survivor = _worker_of_rank(proc.pid, 0)
         os.kill(victim, signal.SIGKILL)
@@ -335,23 +341,8 @@ def test_ctrl_c_stops_every_process_on_the_same_iteration(host: PluginHost, tmp_
     is left waiting in a collective the others never join, and the checkpoint is the state of
     one process stopped at that iteration."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "mamlflow", "run", "--plugin", "sinusoid",
-            "--nproc-per-node", "2", "--out", str(run_dir),
-            *_sets("train.iterations=10000000", "train.checkpoint_every=10"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=CHILD_ENV,
-    )  # fmt: skip
+    proc = _endless_two_process_run(run_dir)
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the run never wrote a checkpoint"
-            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=90)  # a process left in an all_reduce hangs here
     finally:
