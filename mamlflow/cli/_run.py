@@ -164,10 +164,14 @@ def run(
         if not dist.is_main:
             with _graceful_interrupt(trainer, None):  # torchrun forwards Ctrl-C to every rank
                 trainer.fit()
+            # Leave the group together: a rank that tears gloo down while rank 0 still writes
+            # its final checkpoint can abort in gloo's teardown (seen once in CI: SIGABRT).
+            dist.barrier("finishing the run")
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(resolved, run_dir / CONFIG_NAME)
         summary = _fit_with_progress(trainer)
+        dist.barrier("finishing the run")
     finally:
         dist.shutdown()
     _print_summary(run_dir, summary)
