@@ -192,6 +192,10 @@ def test_training_and_evaluation_run_end_to_end(tmp_path: Path) -> None:
     # Returns of 15 steps: -|v - goal| - cost is at most 0 and, for a slow start, not tiny.
     assert all(-15 * 20 < m < 0 for m in result.mean)
     assert examples.after["mean.0.weight"].shape[0] == 2
+    c = trainer.components
+    plot = tmp_path / "examples.png"
+    assert c.family.plot_examples(c.learner, theta, examples.after, examples.batch, str(plot))
+    assert plot.stat().st_size > 0
 
 
 def test_missing_gymnasium_is_one_line_naming_the_extra() -> None:

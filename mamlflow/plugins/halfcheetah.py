@@ -13,10 +13,10 @@ when the plugin loads, so listing plugins works without them.
 
 from __future__ import annotations
 
-import math
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -178,13 +178,13 @@ class _HalfCheetah(RolloutTaskFamily):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from mamlflow.core.rl import _per_task
+        from mamlflow.core.rl import per_task
 
         shown = min(4, batch.num_tasks)
         few = batch.shard(0, shown)
         after = {k: v[:shown] for k, v in after.items()}
         speeds = {}
-        for label, params in (("before", _per_task(before, shown)), ("after", after)):
+        for label, params in (("before", per_task(before, shown)), ("after", after)):
             data = self.collect(
                 few, model, params, seed=0, iteration=0, phase=1000, trajectories=2, split="test"
             )
@@ -194,7 +194,11 @@ class _HalfCheetah(RolloutTaskFamily):
         for i, ax in enumerate(axes[0]):
             for label, color in (("before", "C0"), ("after", "C1")):
                 ax.plot(time, speeds[label][i], color=color, label=f"{label} adaptation")
-            ax.axhline(self._goal_line(few.info, i), color="r", ls="--", label="goal")
+            title, goal = self._goal(few.info, i)
+            if goal is not None:
+                ax.axhline(goal, color="r", ls="--", label="goal")
+            ax.axhline(0.0, color="k", lw=0.5)
+            ax.set_title(title, fontsize=9)
             ax.set_xlabel("time (s)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("forward velocity")
@@ -206,31 +210,30 @@ class _HalfCheetah(RolloutTaskFamily):
         return True
 
     @abstractmethod
-    def _goal_line(self, info: dict[str, Tensor], task: int) -> float:
-        """Where the plot draws task ``task``'s goal on the velocity axis."""
+    def _goal(self, info: dict[str, Tensor], task: int) -> tuple[str, float | None]:
+        """Task ``task``'s goal as the plot's panel title, and a velocity to draw (if any)."""
 
 
-class _quiet_mujoco:
+@contextmanager
+def _quiet_mujoco() -> Iterator[None]:
     """Swallow MuJoCo's deprecation of ``settotalmass``, which v5's model file still uses.
 
     Recent MuJoCo (4.0 here) prints it and appends it to ``MUJOCO_LOG.TXT`` in the working
     directory for every environment built, hundreds per run; any other MuJoCo warning is
     re-raised as a Python one.
     """
+    import mujoco
 
-    def __enter__(self) -> None:
-        import mujoco
-
-        self._mujoco = mujoco
-        self._previous = mujoco.get_mju_user_warning()
-        self._caught: list[str] = []
-        mujoco.set_mju_user_warning(self._caught.append)
-
-    def __exit__(self, *exc: object) -> None:
-        self._mujoco.set_mju_user_warning(self._previous)
-        for message in self._caught:
+    previous = mujoco.get_mju_user_warning()
+    caught: list[str] = []
+    mujoco.set_mju_user_warning(caught.append)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+        for message in caught:
             if "settotalmass" not in message:
-                warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=3)
 
 
 def _uniform_tasks(seed: int, split: Split, iteration: int, task_indices: Tensor) -> Tensor:
@@ -264,8 +267,9 @@ class HalfCheetahVel(_HalfCheetah):
     def _task_reward(self, info: dict[str, Tensor], x_velocity: Tensor) -> Tensor:
         return -(x_velocity - info["goal_vel"].view(-1, 1, 1)).abs()
 
-    def _goal_line(self, info: dict[str, Tensor], task: int) -> float:
-        return float(info["goal_vel"][task])
+    def _goal(self, info: dict[str, Tensor], task: int) -> tuple[str, float | None]:
+        goal = float(info["goal_vel"][task])
+        return f"goal velocity {goal:.2f}", goal
 
 
 class HalfCheetahDir(_HalfCheetah):
@@ -293,8 +297,10 @@ class HalfCheetahDir(_HalfCheetah):
     def _task_reward(self, info: dict[str, Tensor], x_velocity: Tensor) -> Tensor:
         return info["direction"].view(-1, 1, 1) * x_velocity
 
-    def _goal_line(self, info: dict[str, Tensor], task: int) -> float:
-        return math.copysign(1.0, float(info["direction"][task]))
+    def _goal(self, info: dict[str, Tensor], task: int) -> tuple[str, float | None]:
+        # A direction has no target speed: the title says which way pays.
+        forward = float(info["direction"][task]) > 0
+        return f"goal: run {'forward' if forward else 'backward'}", None
 
 
 def _preset(family: type[_HalfCheetah], description: str) -> Preset:
