@@ -38,6 +38,8 @@ from .core.learner import ModelConfig as ModelConfig
 from .core.learner import ModelPlugin as ModelPlugin
 from .core.optim import OuterConfig as OuterConfig
 from .core.optim import OuterOptimizer as OuterOptimizer
+from .core.rl import RolloutConfig as RolloutConfig
+from .core.rl import RolloutTaskFamily as RolloutTaskFamily
 from .core.task import ModelIO as ModelIO
 from .core.task import TaskBatch as TaskBatch
 from .core.task import TaskConfig as TaskConfig
@@ -69,6 +71,8 @@ __all__ = [
     "PluginHost",
     "Preset",
     "ResolvedConfig",
+    "RolloutConfig",
+    "RolloutTaskFamily",
     "RunConfig",
     "TaskBatch",
     "TaskConfig",

@@ -12,6 +12,7 @@ from torch import Tensor
 from ..kernels import make_adapt_curve
 from .components import Components
 from .learner import Params
+from .rl import Rollouts, RolloutTaskFamily
 from .task import Split, TaskBatch
 
 __all__ = ["EvalExamples", "EvalResult", "evaluate"]
@@ -68,6 +69,18 @@ def evaluate(
     """
     c = components
     seed = c.config.seed if seed is None else seed
+    if isinstance(c.family, RolloutTaskFamily):
+        return _evaluate_rollouts(
+            c,
+            params,
+            learnables,
+            shots=shots,
+            steps=steps,
+            tasks=tasks,
+            batch_size=batch_size,
+            split=split,
+            seed=seed,
+        )
     curve = make_adapt_curve(
         c.family.objective(c.learner), c.family.score(c.learner), c.adapter, steps=steps
     )
@@ -84,13 +97,52 @@ def evaluate(
         scores.append(score.double().cpu())
         if examples is None:
             examples = EvalExamples(batch, params, adapted)
-    all_scores = torch.cat(scores)  # (tasks, steps + 1)
+    return _summary(c.family.metric, shots, steps, torch.cat(scores), examples)
+
+
+def _evaluate_rollouts(
+    c: Components,
+    params: Params,
+    learnables: Params,
+    *,
+    shots: int,
+    steps: int,
+    tasks: int,
+    batch_size: int,
+    split: Split,
+    seed: int,
+) -> tuple[EvalResult, EvalExamples]:
+    """RL: collect ``shots`` trajectories per task with the current policy, score, adapt, repeat.
+
+    Every step adapts on fresh trajectories of the policy it adapts, as the paper evaluates.
+    """
+    assert isinstance(c.family, RolloutTaskFamily)
+    rollouts = Rollouts(c.family, c.learner, c.objective(), c.adapter, c.config.inner)
+    params = {k: v.to(c.device, c.dtype) for k, v in params.items()}
+    learnables = {k: v.to(c.device, c.dtype) for k, v in learnables.items()}
+    scores: list[Tensor] = []
+    examples: EvalExamples | None = None
+    for start in range(0, tasks, batch_size):
+        index = torch.arange(start, min(start + batch_size, tasks))
+        batch = c.family.sample(seed, 0, index, split=split).to(c.device, c.dtype)
+        curve = rollouts.curve(
+            batch, params, learnables, steps=steps, trajectories=shots, seed=seed, split=split
+        )
+        scores.append(curve.returns.double().cpu())
+        if examples is None:
+            examples = EvalExamples(batch, params, curve.adapted)
+    return _summary(c.family.metric, shots, steps, torch.cat(scores), examples)
+
+
+def _summary(
+    metric: str, shots: int, steps: int, all_scores: Tensor, examples: EvalExamples | None
+) -> tuple[EvalResult, EvalExamples]:
+    """Mean and 95% interval over tasks of ``all_scores`` ``(tasks, steps + 1)``."""
+    tasks = all_scores.shape[0]
     mean = all_scores.mean(0)
     ci95 = 1.96 * all_scores.std(0, unbiased=True) / math.sqrt(all_scores.shape[0])
     assert examples is not None
     return (
-        EvalResult(
-            c.family.metric, shots, list(range(steps + 1)), mean.tolist(), ci95.tolist(), tasks
-        ),
+        EvalResult(metric, shots, list(range(steps + 1)), mean.tolist(), ci95.tolist(), tasks),
         examples,
     )

@@ -46,6 +46,10 @@ class OuterOptimizer(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[OuterConfig]] = OuterConfig
     description: ClassVar[str] = ""
+    uses_policy_terms: ClassVar[bool] = False
+    """True for outer steps that re-evaluate the meta-objective (TRPO, PPO): the trainer then
+    calls ``optimizer.step(terms)`` with a ``mamlflow.core.rl.PolicyTerms`` of the step's
+    meta-batch, which only rollout task families provide."""
 
     def __init__(self, config: OuterConfig) -> None:
         self.config = config

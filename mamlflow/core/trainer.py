@@ -40,6 +40,8 @@ from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
 from .host import PluginHost
 from .learner import Params
+from .rl import PolicyTerms, Rollouts, RolloutTaskFamily
+from .task import TaskBatch
 
 __all__ = ["TASK_MANIFEST", "TrainSummary", "Trainer"]
 
@@ -70,6 +72,10 @@ class _Interval:
     """Metrics accumulated since the last log record (kept on device: no sync per step)."""
 
     loss_sum: Tensor | None = None
+    returns_sum: Tensor | None = None
+    """Rollout families: the summed mean returns of the support and query trajectories."""
+    outer: dict[str, float] = field(default_factory=dict)
+    """What the latest policy outer step reported (TRPO's KL and line-search tries)."""
     steps: int = 0
     started: float = field(default_factory=time.perf_counter)
 
@@ -116,6 +122,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.control = self.control
         self.components = build_components(config, host)
+        self.rollouts = self._check_rollouts()
         self.on_step = on_step
         self.selection: Selection | None = None
 
@@ -134,6 +141,31 @@ class Trainer:
         if problem is not None:
             raise ConfigError([f"train.callbacks: {problem}"])
         return cls(self.run_dir, self.config.callbacks.get(name))
+
+    def _check_rollouts(self) -> Rollouts | None:
+        """The rollout machinery of an RL family, after checking the run can train it."""
+        cfg, c = self.config, self.components
+        outer = self.host.optimizer(cfg.outer.name)
+        if not isinstance(c.family, RolloutTaskFamily):
+            if outer.uses_policy_terms:
+                raise ConfigError(
+                    [
+                        f"outer.name: {cfg.outer.name} re-evaluates a policy's meta-objective and "
+                        f"needs a rollout task family (metric return), not {cfg.task.name!r}; "
+                        "use adam"
+                    ]
+                )
+            return None
+        if cfg.inner.steps != 1:
+            raise ConfigError(
+                [
+                    f"inner.steps: {cfg.inner.steps}, but rollout families train with one inner "
+                    "policy-gradient step, as the paper does (each further step would need "
+                    "trajectories of the policy it adapts); set inner.steps=1 and evaluate more "
+                    "steps with eval.steps"
+                ]
+            )
+        return Rollouts(c.family, c.learner, c.objective(), c.adapter, cfg.inner)
 
     def _leaves(self, tensors: Params) -> Params:
         c = self.components
@@ -252,6 +284,10 @@ class Trainer:
             batch = None
             if len(task_index):  # more processes than tasks leaves some without any
                 batch = c.family.sample(cfg.seed, iteration, task_index).to(c.device, c.dtype)
+                if self.rollouts is not None:
+                    batch = self.rollouts.meta_batch(
+                        batch, params, learnables, seed=cfg.seed, iteration=iteration
+                    )
             first_order = c.algorithm.first_order(cfg.inner, iteration, total)
             weights = c.algorithm.step_weights(cfg.inner, iteration, total)
             kind = (first_order, weights is not None)
@@ -293,9 +329,17 @@ class Trainer:
                 result = _no_tasks(params, learnables)
             else:
                 result = meta_step(params, learnables, batch.support, batch.query, step_scale)
+            returns = None
+            if self.rollouts is not None:
+                # The mean returns before and after adaptation: what an RL run is judged by.
+                returns = torch.zeros(2, dtype=c.dtype, device=c.device)
+                if batch is not None:
+                    returns = torch.stack(
+                        [_mean_return(batch.support), _mean_return(batch.query)]
+                    ) * (batch.num_tasks * scale)
             if dist.world_size > 1:
-                result, stop = self._sum_over_processes(
-                    result, params, learnables, requested_stop is not None, time_up
+                result, stop, returns = self._sum_over_processes(
+                    result, params, learnables, requested_stop is not None, time_up, returns
                 )
                 if stop is not None:
                     # Dropped before the update: every process ends on this iteration, in the
@@ -307,12 +351,30 @@ class Trainer:
             for k, p in learnables.items():
                 p.grad = result.learnable_grads[k]
             outer.prepare_step(optimizer, leaves, iteration, total)
-            optimizer.step()
+            if outer.uses_policy_terms:
+                assert self.rollouts is not None  # checked in __init__
+                optimizer.step(
+                    PolicyTerms(
+                        self.rollouts,
+                        (params, learnables),
+                        batch if batch is not None else _empty_batch(c.device),
+                        meta_batch_size=batch_size,
+                        first_order=first_order,
+                        reduce=dist.all_reduce_,
+                    )
+                )
+                interval.outer = dict(getattr(optimizer, "last", {}))
+            else:
+                optimizer.step()
             iteration += 1
 
             interval.loss_sum = (
                 result.loss if interval.loss_sum is None else interval.loss_sum + result.loss
             )
+            if returns is not None:
+                interval.returns_sum = (
+                    returns if interval.returns_sum is None else interval.returns_sum + returns
+                )
             interval.steps += 1
             validate = val_every is not None and (iteration % val_every == 0 or iteration == total)
             if validate or iteration % cfg.train.log_every == 0 or iteration == total:
@@ -322,6 +384,10 @@ class Trainer:
                     "meta_loss": float(interval.loss_sum) / interval.steps,
                     "tasks_per_s": interval.steps * batch_size / max(now - interval.started, 1e-9),
                 }
+                if interval.returns_sum is not None:
+                    before, after = (interval.returns_sum / interval.steps).tolist()
+                    last_record["return_before"], last_record["return_after"] = before, after
+                last_record.update({f"outer_{k}": v for k, v in interval.outer.items()})
                 # Rank 0 alone validates; the others wait for it in the next all_reduce.
                 if validate and main:
                     value, ci95 = self._validate(params, learnables)
@@ -400,17 +466,26 @@ class Trainer:
         learnables: Params,
         want_stop: bool,
         time_up: bool,
-    ) -> tuple[StepResult, str | None]:
-        """The step's one collective: θ's and φ's gradients, the loss and the stop votes.
+        extras: Tensor | None = None,
+    ) -> tuple[StepResult, str | None, Tensor | None]:
+        """The step's one collective: θ's and φ's gradients, the loss, ``extras`` (a few logged
+        scalars) and the stop votes.
 
         Returns the sums (the whole meta-batch's gradients and loss: each shard's are already
-        scaled by 1 / the global meta-batch size) and, if any process asked to stop, why.
+        scaled by 1 / the global meta-batch size), if any process asked to stop, why, and the
+        summed ``extras``.
         """
         c = self.components
         grads = [result.grads[k] for k in params] + [result.learnable_grads[k] for k in learnables]
         votes = torch.tensor([float(want_stop), float(time_up)], dtype=c.dtype, device=c.device)
+        extra = torch.zeros(0, dtype=c.dtype, device=c.device) if extras is None else extras
         flat = torch.cat(
-            [*(g.reshape(-1).to(c.dtype) for g in grads), result.loss.reshape(1).to(c.dtype), votes]
+            [
+                *(g.reshape(-1).to(c.dtype) for g in grads),
+                result.loss.reshape(1).to(c.dtype),
+                extra.to(c.dtype),
+                votes,
+            ]
         )
         self.dist.all_reduce_(flat)
         stop_votes, time_votes = flat[-2:].tolist()  # the one host sync this adds per step
@@ -418,8 +493,9 @@ class Trainer:
             reason = self.control.stop_reason
             if reason is None:
                 reason = "interrupted" if stop_votes else "time_limit"
-            return result, reason
-        pieces = flat[:-2].split([g.numel() for g in grads] + [1])
+            return result, reason, extras
+        summed_extras = None if extras is None else flat[-2 - extra.numel() : -2]
+        pieces = flat[: -2 - extra.numel()].split([g.numel() for g in grads] + [1])
         summed = [piece.view_as(g) for piece, g in zip(pieces, grads, strict=False)]
         n = len(params)
         return (
@@ -429,6 +505,7 @@ class Trainer:
                 dict(zip(learnables, summed[n:], strict=True)),
             ),
             None,
+            summed_extras,
         )
 
     def _validate(self, params: Params, learnables: Params) -> tuple[float, float]:
@@ -456,6 +533,15 @@ class Trainer:
                 f"(expected {sorted(expected)} with their shapes); resume with the run's own "
                 "config.json, unchanged"
             )
+
+
+def _mean_return(trajectories: dict[str, Tensor]) -> Tensor:
+    """The mean undiscounted return over a shard's tasks and trajectories."""
+    return (trajectories["rewards"] * trajectories["mask"]).sum(-1).mean()
+
+
+def _empty_batch(device: torch.device) -> TaskBatch:
+    return TaskBatch({}, {}, torch.zeros(0, dtype=torch.long, device=device))
 
 
 def _no_tasks(params: Params, learnables: Params) -> StepResult:

@@ -37,6 +37,7 @@ import torch
 from ..core.components import Components
 from ..core.errors import ConfigError, UnknownNameError
 from ..core.learner import Params
+from ..core.rl import Rollouts, RolloutTaskFamily
 from ._maml import STRATEGIES, MetaStep, StepResult, Strategy, exact_float32
 from ._select import COMPILED_STRATEGIES, _one_line, select_meta_step
 
@@ -403,6 +404,13 @@ def benchmark(
         for tree in components.initial_params()
     )
     objective = components.objective()
+    if isinstance(components.family, RolloutTaskFamily):
+        # The meta-step differentiates trajectories: collect them first (not timed).
+        say("collecting trajectories")
+        rollouts = Rollouts(
+            components.family, components.learner, objective, components.adapter, config.inner
+        )
+        batch = rollouts.meta_batch(batch, params, learnables, seed=config.seed, iteration=0)
     scale = 1.0 / num_tasks
     args = (params, learnables, batch.support, batch.query, scale)
 

@@ -1,0 +1,531 @@
+"""Reinforcement learning on the same core: rollout task families and policy-gradient losses.
+
+A task of a rollout family is an environment's parameters (a goal, a velocity); its "data" are
+trajectories that do not exist before the step. ``RolloutTaskFamily.collect`` runs the policy in
+all tasks' environments at once (tasks × trajectories as the batch dimension) and returns tensors
+with a leading task dimension, so from there on the kernels treat RL like regression: the inner
+loss is the REINFORCE surrogate on the support trajectories, the meta-loss the same surrogate (an
+importance ratio against the collecting policy, which is 1 at θ) on trajectories collected after
+adaptation. See ``docs/rl.md``.
+
+Everything random in a rollout (the exploration noise) is a pure function of (seed, split,
+iteration, phase, global task index), like task sampling, so a meta-batch is the same however it is
+split across processes and a resumed run collects exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+from torch import Tensor
+from torch.func import vmap
+
+from .adapter import Adapter, apply_updates
+from .config import InnerConfig
+from .rng import derive_key, uniform
+from .task import ModelIO, Split, TaskBatch, TaskConfig, TaskFamily, TaskObjective
+
+__all__ = [
+    "PolicyTerms",
+    "RolloutConfig",
+    "RolloutTaskFamily",
+    "Rollouts",
+    "discounted_returns",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "linear_baseline",
+    "per_task",
+    "policy_gradient_loss",
+    "policy_kl",
+]
+
+TensorDict = dict[str, Tensor]
+Model = Callable[[TensorDict, Tensor], Tensor]
+Policy = Callable[[Tensor, int], Tensor]
+"""``act(obs, t)``: actions for observations ``(tasks, trajectories, obs_dim)`` at time ``t``."""
+
+_SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+_NOISE_STREAM = 0x5EED
+SUPPORT, QUERY = 0, 1
+"""Rollout phases of a training step; evaluation step ``k`` collects in phase ``2 + k``."""
+
+
+class RolloutConfig(TaskConfig):
+    """Options of every rollout family: ``shots``/``query`` count trajectories per task."""
+
+    shots: int = Field(20, ge=2, description="trajectories per task to adapt on (support)")
+    query: int = Field(20, ge=1, description="trajectories per task after adaptation (meta-loss)")
+    horizon: int = Field(100, ge=1, description="time steps per trajectory")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount of the returns advantages use")
+    baseline: bool = Field(
+        True, description="subtract a linear feature baseline fitted per task (rllab's)"
+    )
+    normalize_advantages: bool = Field(
+        True, description="centre and scale each task's advantages to unit variance"
+    )
+
+
+def gaussian_log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
+    """Log-density of diagonal Gaussians, summed over the last (action) axis."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean0: Tensor, log_std0: Tensor, mean1: Tensor, log_std1: Tensor) -> Tensor:
+    """KL(N0 ‖ N1) of diagonal Gaussians, summed over the last axis."""
+    var0, var1 = torch.exp(2 * log_std0), torch.exp(2 * log_std1)
+    return (log_std1 - log_std0 + (var0 + (mean0 - mean1).pow(2)) / (2 * var1) - 0.5).sum(-1)
+
+
+def _split_output(out: Tensor) -> tuple[Tensor, Tensor]:
+    """A policy's output ``(…, 2·act_dim)``: the mean, then the log standard deviation."""
+    act_dim = out.shape[-1] // 2
+    return out[..., :act_dim], out[..., act_dim:]
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def policy_gradient_loss(model: Model, *, clip: float | None = None) -> TaskObjective:
+    """The per-task policy-gradient surrogate ``(params, data) -> scalar``.
+
+    Data without ``old_logp`` (support trajectories) gives REINFORCE, ``-mean(log π(a|s) · A)``,
+    the paper's inner loss. Data with it (query trajectories) gives the importance-sampled
+    surrogate ``-mean(π/π_old · A)`` TRPO needs for its line search; at the collecting
+    parameters the two have the same value of gradient. ``clip`` gives PPO's clipped surrogate.
+    Means run over the valid (unmasked) time steps of all the task's trajectories.
+    """
+
+    def loss(params: TensorDict, data: Mapping[str, Tensor]) -> Tensor:
+        mean, log_std = _split_output(model(params, data["obs"]))
+        logp = gaussian_log_prob(mean, log_std, data["actions"])
+        adv, mask = data["advantages"], data["mask"]
+        if "old_logp" not in data:
+            return -_masked_mean(logp * adv, mask)
+        ratio = torch.exp(logp - data["old_logp"])
+        surrogate = ratio * adv
+        if clip is not None:
+            surrogate = torch.minimum(surrogate, ratio.clamp(1 - clip, 1 + clip) * adv)
+        return -_masked_mean(surrogate, mask)
+
+    return loss
+
+
+def policy_kl(model: Model) -> TaskObjective:
+    """Mean KL(π_old ‖ π_params) over a task's valid query time steps (TRPO's constraint)."""
+
+    def kl(params: TensorDict, data: Mapping[str, Tensor]) -> Tensor:
+        mean, log_std = _split_output(model(params, data["obs"]))
+        value = gaussian_kl(data["old_mean"], data["old_log_std"], mean, log_std)
+        return _masked_mean(value, data["mask"])
+
+    return kl
+
+
+def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
+    """``G_t = Σ_{j≥t} γ^{j-t} r_j`` along the last axis, as one matmul (no loop over time)."""
+    horizon = rewards.shape[-1]
+    t = torch.arange(horizon, device=rewards.device)
+    power = (t.view(1, -1) - t.view(-1, 1)).to(rewards.dtype)  # [i, j] = j - i
+    discount = torch.where(power >= 0, gamma**power, torch.zeros_like(power))
+    return rewards @ discount.T
+
+
+def _baseline_features(obs: Tensor, horizon: int) -> Tensor:
+    """rllab's LinearFeatureBaseline features: obs, obs², t, t², t³ (t/100) and 1."""
+    o = obs.clamp(-10, 10)
+    t = (torch.arange(horizon, dtype=obs.dtype, device=obs.device) / 100.0).view(-1, 1)
+    t = t.expand(*obs.shape[:-1], 1)
+    return torch.cat([o, o * o, t, t * t, t**3, torch.ones_like(t)], -1)
+
+
+def linear_baseline(obs: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """Per-task least-squares fit of the returns on ``_baseline_features``, evaluated back.
+
+    ``obs (tasks, traj, T, d)``, ``returns`` and ``mask`` ``(tasks, traj, T)``. Ridge-regularised
+    like rllab (1e-5, ten times more until the solve is finite), solved in float64.
+    """
+    x = _baseline_features(obs, obs.shape[-2]).double() * mask.double().unsqueeze(-1)
+    x = x.flatten(1, 2)  # (tasks, traj·T, F)
+    y = (returns.double() * mask.double()).flatten(1, 2).unsqueeze(-1)
+    xtx, xty = x.transpose(1, 2) @ x, x.transpose(1, 2) @ y
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    reg = 1e-5
+    for _ in range(6):
+        w = torch.linalg.solve(xtx + reg * eye, xty)
+        if bool(torch.isfinite(w).all()):
+            break
+        reg *= 10
+    return (x @ w).squeeze(-1).view_as(returns).to(returns.dtype)
+
+
+def standard_normal(key: int, task_index: Tensor, count: int, dtype: torch.dtype) -> Tensor:
+    """``(tasks, count)`` standard normals by Box–Muller over ``rng.uniform``: keyed, stateless."""
+    half = (count + 1) // 2
+    u = uniform(key, task_index, 2 * half, dtype=torch.float64)
+    radius = torch.sqrt(-2.0 * torch.log1p(-u[:, :half]))  # 1 - u is in (0, 1]: no log(0)
+    angle = 2 * math.pi * u[:, half:]
+    z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)
+    return z[:, :count].to(dtype)
+
+
+class RolloutTaskFamily(TaskFamily):
+    """A task family whose data are trajectories of a Gaussian policy in per-task environments.
+
+    Subclasses set ``obs_dim`` and ``act_dim``, sample task parameters into ``TaskBatch.info``
+    (with empty support and query) and implement ``simulate``. The policy model maps an
+    observation to ``2·act_dim`` numbers: the action mean, then its log standard deviation.
+    """
+
+    Config: ClassVar[type[TaskConfig]] = RolloutConfig
+    metric: ClassVar = "return"
+    obs_dim: ClassVar[int]
+    act_dim: ClassVar[int]
+    config: RolloutConfig
+
+    @property
+    def io(self) -> ModelIO:
+        return ModelIO((self.obs_dim,), 2 * self.act_dim, input_key="obs")
+
+    @abstractmethod
+    def simulate(
+        self, info: TensorDict, act: Policy, trajectories: int, keys: Tensor
+    ) -> TensorDict:
+        """Run ``trajectories`` episodes per task, all tasks at once, for ``config.horizon`` steps.
+
+        ``info`` holds the tasks' parameters (leading task dimension); ``act(obs, t)`` returns
+        the actions for observations ``(tasks, trajectories, obs_dim)``. ``keys`` (int64, one per
+        task) seed anything random in the environments themselves (initial states): they differ
+        between tasks, phases and iterations and repeat exactly on a resume. Returns ``obs``,
+        ``actions`` (as the policy chose them, before any clipping), ``rewards`` and ``mask``
+        (1 until and including the step an episode ends, 0 after), each ``(tasks, traj, T, …)``.
+        """
+
+    def objective(self, model: Model) -> TaskObjective:
+        return policy_gradient_loss(model)
+
+    def score(self, model: Model) -> TaskObjective:
+        """The mean undiscounted return of the task's trajectories (the paper's metric)."""
+
+        def mean_return(params: TensorDict, data: Mapping[str, Tensor]) -> Tensor:
+            return (data["rewards"] * data["mask"]).sum(-1).mean()
+
+        return mean_return
+
+    def kl(self, model: Model) -> TaskObjective:
+        return policy_kl(model)
+
+    def collect(
+        self,
+        batch: TaskBatch,
+        model: Model,
+        params: TensorDict,
+        *,
+        seed: int,
+        iteration: int,
+        phase: int,
+        trajectories: int,
+        split: Split = "train",
+        record_policy: bool = False,
+    ) -> TensorDict:
+        """Trajectories of the policy ``params`` (leading task dimension) in every task.
+
+        Returns what the objective needs: ``obs``, ``actions``, ``rewards``, ``mask`` and
+        ``advantages`` (discounted returns less the per-task baseline). ``record_policy`` adds
+        the collecting policy's ``old_logp``, ``old_mean`` and ``old_log_std``: query data.
+        """
+        cfg = self.config
+        tasks, horizon = batch.num_tasks, cfg.horizon
+        dtype = next(iter(params.values())).dtype
+        device = next(iter(params.values())).device
+        key = derive_key(_NOISE_STREAM, seed, _SPLITS[split], iteration, phase)
+        noise = standard_normal(
+            key, batch.task_index.cpu(), trajectories * horizon * self.act_dim, dtype
+        ).to(device)
+        noise = noise.view(tasks, trajectories, horizon, self.act_dim)
+        forward = vmap(model, in_dims=(0, 0))
+        params = {k: v.detach() for k, v in params.items()}
+
+        def act(obs: Tensor, t: int) -> Tensor:
+            mean, log_std = _split_output(forward(params, obs))
+            return mean + torch.exp(log_std) * noise[:, :, t]
+
+        keys = torch.tensor(
+            [derive_key(key, int(i)) & ((1 << 63) - 1) for i in batch.task_index.tolist()],
+            dtype=torch.int64,
+        )
+        with torch.no_grad():
+            data = self.simulate(batch.info, act, trajectories, keys)
+            mask = data["mask"]
+            rewards = data["rewards"] * mask
+            returns = discounted_returns(rewards, cfg.gamma)
+            adv = returns
+            if cfg.baseline:
+                adv = returns - linear_baseline(data["obs"], returns, mask)
+            if cfg.normalize_advantages:
+                count = mask.sum((1, 2), keepdim=True).clamp_min(1.0)
+                centred = adv - (adv * mask).sum((1, 2), keepdim=True) / count
+                std = ((centred.pow(2) * mask).sum((1, 2), keepdim=True) / count).sqrt()
+                adv = centred / (std + 1e-8)
+            out = {
+                "obs": data["obs"],
+                "actions": data["actions"],
+                "rewards": rewards,
+                "mask": mask,
+                "advantages": adv * mask,
+            }
+            if record_policy:
+                mean, log_std = _split_output(vmap(model, in_dims=(0, 0))(params, data["obs"]))
+                out["old_mean"], out["old_log_std"] = mean, log_std
+                out["old_logp"] = gaussian_log_prob(mean, log_std, data["actions"])
+        return out
+
+
+def per_task(params: TensorDict, tasks: int) -> TensorDict:
+    """θ with a task dimension (a view, no copy): every task's policy before adaptation."""
+    return {k: v.detach().unsqueeze(0).expand(tasks, *v.shape) for k, v in params.items()}
+
+
+def _adapt_on_each(objective: TaskObjective, adapter: Adapter) -> Callable[..., TensorDict]:
+    """One task's adaptation where inner step ``k`` uses its own data ``datas[k]`` (on-policy).
+
+    Evaluation collects fresh trajectories with the policy after every step, as the paper does.
+    """
+    from torch.func import grad
+
+    full = grad(objective)
+
+    def adapt(params: TensorDict, learnables: TensorDict, datas: Sequence[TensorDict]):
+        state = adapter.init(params, learnables)
+        keys = adapter.adapted(params)
+        for step, data in enumerate(datas):
+            g = full(params, data)
+            if keys is not None:
+                g = {k: v for k, v in g.items() if k in keys}
+            updates, state = adapter.update(g, state, params, learnables, step)
+            params = apply_updates(params, updates)
+        return params
+
+    return adapt
+
+
+@dataclass(frozen=True)
+class RolloutCurve:
+    """Mean return per task after 0..steps adaptation steps, and the policies that earned it."""
+
+    returns: Tensor
+    """``(tasks, steps + 1)``."""
+    adapted: TensorDict
+    """Parameters after the last step, with a task dimension."""
+
+
+class Rollouts:
+    """A run's rollout machinery: meta-batches for training and return curves for evaluation."""
+
+    def __init__(
+        self,
+        family: RolloutTaskFamily,
+        model: Model,
+        objective: TaskObjective,
+        adapter: Adapter,
+        inner: InnerConfig,
+    ) -> None:
+        self.family, self.model, self.objective = family, model, objective
+        self.adapter, self.inner = adapter, inner
+        from ..kernels import make_adapt  # the kernels import the core, not the reverse
+
+        self._adapt = make_adapt(objective, adapter, steps=inner.steps)
+        self._adapt_each = vmap(_adapt_on_each(objective, adapter), in_dims=(None, None, 0))
+
+    def meta_batch(
+        self,
+        batch: TaskBatch,
+        params: TensorDict,
+        learnables: TensorDict,
+        *,
+        seed: int,
+        iteration: int,
+    ) -> TaskBatch:
+        """Support trajectories with θ, then query trajectories with each task's adapted θ′."""
+        cfg = self.family.config
+        support = self.family.collect(
+            batch,
+            self.model,
+            per_task(params, batch.num_tasks),
+            seed=seed,
+            iteration=iteration,
+            phase=SUPPORT,
+            trajectories=cfg.shots,
+        )
+        adapted = self._adapt(params, learnables, support)
+        query = self.family.collect(
+            batch,
+            self.model,
+            adapted,
+            seed=seed,
+            iteration=iteration,
+            phase=QUERY,
+            trajectories=cfg.query,
+            record_policy=True,
+        )
+        return TaskBatch(support, query, batch.task_index, batch.info)
+
+    def curve(
+        self,
+        batch: TaskBatch,
+        params: TensorDict,
+        learnables: TensorDict,
+        *,
+        steps: int,
+        trajectories: int,
+        seed: int,
+        split: Split,
+    ) -> RolloutCurve:
+        """Collect, score, adapt on what was collected, and again: the paper's evaluation."""
+        params = {k: v.detach() for k, v in params.items()}
+        learnables = {k: v.detach() for k, v in learnables.items()}
+        score = vmap(self.family.score(self.model), in_dims=(0, 0))
+        current = per_task(params, batch.num_tasks)
+        datas: list[TensorDict] = []
+        returns = []
+        for k in range(steps + 1):
+            data = self.family.collect(
+                batch,
+                self.model,
+                current,
+                seed=seed,
+                iteration=0,
+                phase=2 + k,
+                trajectories=trajectories,
+                split=split,
+            )
+            returns.append(score(current, data))
+            if k == steps:
+                break
+            datas.append(data)
+            with torch.no_grad():
+                current = self._adapt_each(params, learnables, datas)
+            current = {k: v.detach() for k, v in current.items()}
+        return RolloutCurve(torch.stack(returns, 1), current)
+
+
+class PolicyTerms:
+    """The meta-objective and KL of one collected meta-batch as functions of θ (and φ).
+
+    What a trust-region or clipped outer step re-evaluates: ``loss_kl`` at the leaves' current
+    values (during a line search), ``hvp`` of the mean KL at the collecting parameters, and
+    ``grad`` of the (optionally clipped) surrogate. Both terms run through the inner adaptation
+    from the support trajectories (second order unless the run is first order). Per-shard sums
+    are reduced with ``reduce`` (the sum over processes) and divided by the global meta-batch.
+    """
+
+    def __init__(
+        self,
+        rollouts: Rollouts,
+        leaves: tuple[TensorDict, TensorDict],
+        batch: TaskBatch,
+        *,
+        meta_batch_size: int,
+        first_order: bool,
+        reduce: Callable[[Tensor], Tensor] = lambda t: t,
+    ) -> None:
+        from ..kernels._policy import make_policy_terms
+
+        self.params, self.learnables = leaves
+        self.batch, self.reduce = batch, reduce
+        self.scale = 1.0 / meta_batch_size
+        fam, model = rollouts.family, rollouts.model
+        steps = rollouts.inner.steps
+        self._terms = make_policy_terms(
+            rollouts.objective,
+            fam.kl(model),
+            rollouts.adapter,
+            steps=steps,
+            first_order=first_order,
+        )
+        self._make_clipped = lambda clip: make_policy_terms(
+            policy_gradient_loss(model, clip=clip),
+            fam.kl(model),
+            rollouts.adapter,
+            steps=steps,
+            first_order=first_order,
+            inner_objective=rollouts.objective,
+        )
+        self._kl_graph: tuple[list[Tensor], list[Tensor]] | None = None
+
+    def _alias(self) -> tuple[TensorDict, TensorDict, list[Tensor]]:
+        """Autograd leaves sharing the parameters' storage: they see a line search's moves."""
+        theta = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
+        phi = {k: v.detach().requires_grad_(True) for k, v in self.learnables.items()}
+        return theta, phi, [*theta.values(), *phi.values()]
+
+    def _local(
+        self, terms: Callable[..., tuple[Tensor, Tensor]], theta: TensorDict, phi: TensorDict
+    ) -> tuple[Tensor, Tensor]:
+        b = self.batch
+        if b.num_tasks == 0:  # a process without tasks adds nothing to the sums
+            ref = next(iter(theta.values()))
+            zero = torch.zeros((), dtype=ref.dtype, device=ref.device)
+            return zero, zero
+        return terms(theta, phi, b.support, b.query)
+
+    def loss_kl(self) -> tuple[float, float]:
+        """The meta-loss and mean KL at the parameters' current values (no gradient)."""
+        with torch.no_grad():
+            loss, kl = self._local(self._terms, self.params, self.learnables)
+            both = self.reduce(torch.stack([loss, kl]).reshape(2) * self.scale)
+        return float(both[0]), float(both[1])
+
+    def hvp(self, vector: Sequence[Tensor]) -> list[Tensor]:
+        """``∇²KL · v`` at the parameters' values when first called (the trust region's metric)."""
+        if self._kl_graph is None:
+            theta, phi, leaves = self._alias()
+            _, kl = self._local(self._terms, theta, phi)
+            self._kl_graph = (leaves, _grads(kl * self.scale, leaves, create_graph=True))
+        leaves, kl_grad = self._kl_graph
+        dot = sum((g * v).sum() for g, v in zip(kl_grad, vector, strict=True))
+        local = _grads(dot, leaves, retain_graph=True)
+        return _reduce_list(local, self.reduce)
+
+    def grad(self, clip: float | None = None) -> tuple[float, float, list[Tensor]]:
+        """Meta-loss, mean KL and the meta-gradient of the (clipped) surrogate, at the values."""
+        theta, phi, leaves = self._alias()
+        terms = self._terms if clip is None else self._make_clipped(clip)
+        loss, kl = self._local(terms, theta, phi)
+        grads = _grads(loss * self.scale, leaves)
+        both = self.reduce(torch.stack([loss.detach(), kl.detach()]).reshape(2) * self.scale)
+        return float(both[0]), float(both[1]), _reduce_list(grads, self.reduce)
+
+    def release(self) -> None:
+        """Drop the KL graph ``hvp`` keeps (call once the outer step has moved the parameters)."""
+        self._kl_graph = None
+
+
+def _grads(
+    total: Tensor, leaves: list[Tensor], *, create_graph: bool = False, retain_graph: bool = False
+) -> list[Tensor]:
+    if not isinstance(total, Tensor) or not total.requires_grad:
+        return [torch.zeros_like(leaf) for leaf in leaves]
+    got = torch.autograd.grad(
+        total,
+        leaves,
+        allow_unused=True,
+        create_graph=create_graph,
+        retain_graph=retain_graph or create_graph,
+    )
+    return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, got, strict=True)]
+
+
+def _reduce_list(tensors: list[Tensor], reduce: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    flat = reduce(torch.cat([t.reshape(-1) for t in tensors]))
+    return [
+        piece.view_as(t)
+        for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)
+    ]
