@@ -15,6 +15,10 @@ BUILTINS: tuple[str, ...] = (
     "mamlflow.plugins.reptile",
     "mamlflow.plugins.mamlpp",
     "mamlflow.plugins.optimizers",
+    "mamlflow.plugins.navigation",
+    "mamlflow.plugins.halfcheetah",
+    "mamlflow.plugins.gaussian_mlp",
+    "mamlflow.plugins.trpo",
     "mamlflow.plugins.callbacks",
 )
 """Module paths of the built-in plugins, loaded before any entry point."""

@@ -1,0 +1,73 @@
+"""A Gaussian MLP policy: the paper's RL model (two hidden layers of 100 ReLU, learned log-std)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from mamlflow.core.errors import ConfigError
+from mamlflow.core.hookspecs import hookimpl
+from mamlflow.core.learner import ModelConfig, ModelPlugin
+from mamlflow.core.task import ModelIO
+
+__all__ = ["GaussianMLP", "GaussianMLPConfig", "GaussianPolicy"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class GaussianMLPConfig(ModelConfig):
+    hidden: tuple[int, ...] = Field((100, 100), description="width of each hidden layer")
+    activation: Literal["relu", "tanh"] = Field("relu", description="hidden nonlinearity")
+    init_log_std: float = Field(
+        0.0, description="initial log standard deviation of every action dimension (rllab: 0)"
+    )
+
+
+class GaussianPolicy(nn.Module):
+    """Observation → (action mean, log std): the std is a parameter, not a function of the state.
+
+    The output concatenates the two along the last axis, which is what rollout task families
+    read (``mamlflow.core.rl``).
+    """
+
+    def __init__(self, mean: nn.Module, act_dim: int, init_log_std: float) -> None:
+        super().__init__()
+        self.mean = mean
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        mean = self.mean(obs)
+        return torch.cat([mean, self.log_std.expand_as(mean)], -1)
+
+
+class GaussianMLP(ModelPlugin):
+    name: ClassVar[str] = "gaussian-mlp"
+    Config: ClassVar[type[ModelConfig]] = GaussianMLPConfig
+    description: ClassVar[str] = "Gaussian policy: MLP mean (2×100 ReLU), learned log-std"
+    config: GaussianMLPConfig
+
+    def build(self, io: ModelIO) -> nn.Module:
+        if io.output_dim % 2 or len(io.input_shape) != 1:
+            raise ConfigError(
+                [
+                    "model.name: gaussian-mlp is a policy for rollout task families (a flat "
+                    f"observation in, 2×action_dim out); this task wants {io.input_shape} → "
+                    f"{io.output_dim}: pick mlp or conv4"
+                ]
+            )
+        layers: list[nn.Module] = []
+        width = io.input_shape[0]
+        for h in self.config.hidden:
+            layers += [nn.Linear(width, h), _ACTIVATIONS[self.config.activation]()]
+            width = h
+        layers.append(nn.Linear(width, io.output_dim // 2))
+        return GaussianPolicy(nn.Sequential(*layers), io.output_dim // 2, self.config.init_log_std)
+
+
+@hookimpl
+def register_models(register: Callable[[type[ModelPlugin]], None]) -> None:
+    register(GaussianMLP)
