@@ -364,6 +364,28 @@ def test_adapt_and_curve_match_a_per_task_loop(adapter_name: str) -> None:
         assert _rel_diff(path[-1], params) > 1e-6  # adaptation really moved the parameters
 
 
+def test_curve_scales_the_steps_after_the_first() -> None:
+    """``eval.later_steps_lr_scale``: step 1 at the adapter's rate, later ones at a fraction."""
+    problem = _problem()
+    params, batch = problem.params, problem.batch
+    scores, adapted = make_adapt_curve(
+        problem.objective, problem.objective, sgd(0.05), steps=3, later_scale=0.5
+    )(params, {}, batch.support, batch.query)
+    for i in range(META_BATCH):
+        data = _task(batch.support, i)
+        first = _adapt_by_hand(problem.objective, params, data, _rates(params, 0.05), 1)
+        rest = _adapt_by_hand(problem.objective, first[-1], data, _rates(params, 0.025), 2)
+        _assert_tree_close(_task(adapted, i), rest[-1])
+        expected = torch.stack(
+            [problem.objective(p, _task(batch.query, i)) for p in first + rest[1:]]
+        )
+        _assert_tree_close({"s": scores[i]}, {"s": expected.detach()})
+
+
+def _rates(params: Params, lr: float) -> Params:
+    return {k: torch.full_like(v, lr) for k, v in params.items()}
+
+
 # ----------------------------------------------------------------------------- selection
 
 

@@ -28,6 +28,7 @@ from mamlflow.core.rl import (
     discounted_returns,
     gaussian_kl,
     linear_baseline,
+    per_task,
     standard_normal,
 )
 from mamlflow.core.task import ModelIO
@@ -377,7 +378,46 @@ def test_cli_eval_reports_returns_with_intervals_and_plots(tmp_path: Path) -> No
     assert len(result["mean"]) == len(result["ci95"]) == 4
     assert all(m < 0 for m in result["mean"]) and all(c > 0 for c in result["ci95"])
     assert (run / "eval_curve.png").stat().st_size > 0
-    assert (run / f"examples_k{SMALL_SHOTS}.png").stat().st_size > 0
+    # The preset's protocol: 40 trajectories per adaptation step.
+    assert result["shots"] == 40
+    assert (run / "examples_k40.png").stat().st_size > 0
 
 
-SMALL_SHOTS = 6
+def test_evaluation_collects_fresh_trajectories_per_step_and_scales_later_steps(
+    host: PluginHost,
+) -> None:
+    """``Rollouts.curve`` against the protocol written out: collect, score, one SGD step, …"""
+    c = _components(host, "kernel.dtype=float64")
+    params, learnables = c.initial_params()
+    rollouts = Rollouts(c.family, c.learner, c.objective(), c.adapter, c.config.inner)
+    batch = c.family.sample(0, 0, torch.arange(3), split="test").to(c.device, c.dtype)
+    curve = rollouts.curve(
+        batch, params, learnables, steps=2, trajectories=4, seed=0, split="test", later_scale=0.5
+    )
+    objective, lr = c.objective(), c.config.inner.lr
+    for i in range(3):
+        task = batch.shard(i, i + 1)
+        current = dict(params)
+        for k, rate in enumerate((lr, 0.5 * lr, None)):
+            data = c.family.collect(
+                task,
+                c.learner,
+                per_task(current, 1),
+                seed=0,
+                iteration=0,
+                phase=2 + k,
+                trajectories=4,
+                split="test",
+            )
+            expected = float((data["rewards"] * data["mask"]).sum(-1).mean())
+            assert float(curve.returns[i, k]) == pytest.approx(expected, rel=1e-9)
+            if rate is None:
+                break
+            leaves = {n: v.detach().requires_grad_(True) for n, v in current.items()}
+            loss = objective(leaves, {n: v[0] for n, v in data.items()})
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            current = {
+                n: v.detach() - rate * g for (n, v), g in zip(leaves.items(), grads, strict=True)
+            }
+        for n in params:
+            torch.testing.assert_close(curve.adapted[n][i], current[n])

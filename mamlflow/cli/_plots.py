@@ -23,6 +23,7 @@ def plot_adaptation(results: list[EvalResult], path: Path) -> None:
         ax.plot(r.steps, r.mean, marker="o", label=f"K={r.shots}")
         ax.fill_between(r.steps, lo, hi, alpha=0.2)
     ax.set_xlabel("adaptation steps")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(results[0].metric)
     ax.set_title(f"{results[0].metric} after adaptation ({results[0].tasks} tasks)")
     ax.legend()
@@ -33,7 +34,7 @@ def plot_adaptation(results: list[EvalResult], path: Path) -> None:
 
 
 def plot_learning_curve(metrics: Path, path: Path) -> bool:
-    """Meta-loss vs iteration, and the validation metric vs iteration and vs wall-clock.
+    """Meta-loss (RL: returns) vs iteration, and the validation metric vs iteration and time.
 
     Returns False (and writes nothing) when ``metrics`` holds no record yet.
     """
@@ -51,9 +52,17 @@ def plot_learning_curve(metrics: Path, path: Path) -> bool:
         (k for r in records for k in r if k.startswith("val_") and not k.endswith("_ci95")), None
     )
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    axes[0].plot([r["iteration"] for r in records], [r["meta_loss"] for r in records])
+    iterations = [r["iteration"] for r in records]
+    if "return_after" in records[-1]:
+        # RL: the surrogate loss is ~0 at the collecting policy; the returns say what happened.
+        for key, label in (("return_before", "before adaptation"), ("return_after", "after")):
+            axes[0].plot(iterations, [r.get(key) for r in records], label=label)
+        axes[0].set_ylabel("mean return (train)")
+        axes[0].legend()
+    else:
+        axes[0].plot(iterations, [r["meta_loss"] for r in records])
+        axes[0].set_ylabel("meta-loss (train)")
     axes[0].set_xlabel("iteration")
-    axes[0].set_ylabel("meta-loss (train)")
     validated = [r for r in records if val_key is not None and val_key in r]
     for ax, x_key, label in (
         (axes[1], "iteration", "iteration"),

@@ -192,7 +192,7 @@ def _fit_with_progress(trainer: Trainer) -> TrainSummary:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("meta-loss {task.fields[loss]}"),
+        TextColumn("{task.fields[loss]}"),
         TextColumn("{task.fields[rate]} tasks/s"),
         TextColumn("{task.fields[val]}"),
         TimeElapsedColumn(),
@@ -200,7 +200,7 @@ def _fit_with_progress(trainer: Trainer) -> TrainSummary:
         console=console,
         transient=False,
     ) as progress:
-        bar = progress.add_task("meta-train", total=total, loss="…", rate="…", val="")
+        bar = progress.add_task("meta-train", total=total, loss="meta-loss …", rate="…", val="")
         last_refresh = [0.0]
 
         def on_step(iteration: int, record: dict[str, Any] | None) -> None:
@@ -210,10 +210,7 @@ def _fit_with_progress(trainer: Trainer) -> TrainSummary:
             last_refresh[0] = now
             fields = {}
             if record is not None:
-                fields = {
-                    "loss": f"{record['meta_loss']:.4f}",
-                    "rate": f"{record['tasks_per_s']:,.0f}",
-                }
+                fields = {"loss": _headline(record), "rate": _rate(record["tasks_per_s"])}
                 for key, value in record.items():
                     if key.startswith("val_") and not key.endswith("_ci95"):
                         fields["val"] = f"{key.replace('_', ' ')} {value:.4f}"
@@ -225,7 +222,24 @@ def _fit_with_progress(trainer: Trainer) -> TrainSummary:
             return trainer.fit()
 
 
+def _headline(record: dict[str, Any]) -> str:
+    """What the bar shows of a record: the meta-loss, or for RL the returns it earned.
+
+    A policy-gradient surrogate is ~0 at the collecting parameters whatever the policy does,
+    so RL runs show the mean return before → after adaptation instead.
+    """
+    if "return_after" in record:
+        return f"return {record['return_before']:.2f} → {record['return_after']:.2f}"
+    return f"meta-loss {record['meta_loss']:.4f}"
+
+
+def _rate(tasks_per_s: float) -> str:
+    return f"{tasks_per_s:,.0f}" if tasks_per_s >= 10 else f"{tasks_per_s:.2f}"
+
+
 def _print_summary(run_dir: Path, summary: TrainSummary) -> None:
+    from mamlflow.plugins.callbacks import read_records
+
     from ._plots import plot_learning_curve
 
     if plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "learning_curve.png"):
@@ -236,7 +250,10 @@ def _print_summary(run_dir: Path, summary: TrainSummary) -> None:
     table.add_row(
         "final meta-loss", "—" if summary.meta_loss is None else f"{summary.meta_loss:.4f}"
     )
-    table.add_row("tasks/s (incl. compile)", f"{summary.tasks_per_s:,.0f}")
+    records = read_records(run_dir / "metrics.jsonl")
+    if records and "return_after" in records[-1]:
+        table.add_row("return (last log)", _headline(records[-1]).removeprefix("return "))
+    table.add_row("tasks/s (incl. compile)", _rate(summary.tasks_per_s))
     table.add_row("kernel", f"{summary.strategy} ({summary.strategy_reason})")
     table.add_row("wall-clock", f"{summary.elapsed:.1f} s")
     table.add_row("next", f"metaflow eval {run_dir}")

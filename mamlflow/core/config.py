@@ -112,6 +112,13 @@ class EvalConfig(_Section):
     query: int | None = Field(None, ge=1, description="query examples per task; null: task.query")
     batch_size: int = Field(100, ge=1, description="tasks adapted at once during evaluation")
     split: Literal["val", "test"] = Field("test", description="which held-out split")
+    later_steps_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="multiply the update of every adaptation step after the first by this "
+        "(the MAML authors' RL evaluation takes its first step at the trained rate and the "
+        "later ones at half of it: 0.5)",
+    )
 
 
 class RunConfig(_Section):

@@ -82,7 +82,11 @@ def evaluate(
             seed=seed,
         )
     curve = make_adapt_curve(
-        c.family.objective(c.learner), c.family.score(c.learner), c.adapter, steps=steps
+        c.family.objective(c.learner),
+        c.family.score(c.learner),
+        c.adapter,
+        steps=steps,
+        later_scale=c.config.eval.later_steps_lr_scale,
     )
     params = {k: v.to(c.device, c.dtype) for k, v in params.items()}
     learnables = {k: v.to(c.device, c.dtype) for k, v in learnables.items()}
@@ -126,7 +130,14 @@ def _evaluate_rollouts(
         index = torch.arange(start, min(start + batch_size, tasks))
         batch = c.family.sample(seed, 0, index, split=split).to(c.device, c.dtype)
         curve = rollouts.curve(
-            batch, params, learnables, steps=steps, trajectories=shots, seed=seed, split=split
+            batch,
+            params,
+            learnables,
+            steps=steps,
+            trajectories=shots,
+            seed=seed,
+            split=split,
+            later_scale=c.config.eval.later_steps_lr_scale,
         )
         scores.append(curve.returns.double().cpu())
         if examples is None:

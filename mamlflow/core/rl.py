@@ -293,10 +293,13 @@ def per_task(params: TensorDict, tasks: int) -> TensorDict:
     return {k: v.detach().unsqueeze(0).expand(tasks, *v.shape) for k, v in params.items()}
 
 
-def _adapt_on_each(objective: TaskObjective, adapter: Adapter) -> Callable[..., TensorDict]:
+def _adapt_on_each(
+    objective: TaskObjective, adapter: Adapter, later_scale: float = 1.0
+) -> Callable[..., TensorDict]:
     """One task's adaptation where inner step ``k`` uses its own data ``datas[k]`` (on-policy).
 
-    Evaluation collects fresh trajectories with the policy after every step, as the paper does.
+    Evaluation collects fresh trajectories with the policy after every step, as the paper does;
+    updates after the first are multiplied by ``later_scale``.
     """
     from torch.func import grad
 
@@ -310,6 +313,8 @@ def _adapt_on_each(objective: TaskObjective, adapter: Adapter) -> Callable[..., 
             if keys is not None:
                 g = {k: v for k, v in g.items() if k in keys}
             updates, state = adapter.update(g, state, params, learnables, step)
+            if step and later_scale != 1.0:
+                updates = {k: u * later_scale for k, u in updates.items()}
             params = apply_updates(params, updates)
         return params
 
@@ -342,7 +347,6 @@ class Rollouts:
         from ..kernels import make_adapt  # the kernels import the core, not the reverse
 
         self._adapt = make_adapt(objective, adapter, steps=inner.steps)
-        self._adapt_each = vmap(_adapt_on_each(objective, adapter), in_dims=(None, None, 0))
 
     def meta_batch(
         self,
@@ -387,11 +391,15 @@ class Rollouts:
         trajectories: int,
         seed: int,
         split: Split,
+        later_scale: float = 1.0,
     ) -> RolloutCurve:
         """Collect, score, adapt on what was collected, and again: the paper's evaluation."""
         params = {k: v.detach() for k, v in params.items()}
         learnables = {k: v.detach() for k, v in learnables.items()}
         score = vmap(self.family.score(self.model), in_dims=(0, 0))
+        adapt = vmap(
+            _adapt_on_each(self.objective, self.adapter, later_scale), in_dims=(None, None, 0)
+        )
         current = per_task(params, batch.num_tasks)
         datas: list[TensorDict] = []
         returns = []
@@ -411,8 +419,8 @@ class Rollouts:
                 break
             datas.append(data)
             with torch.no_grad():
-                current = self._adapt_each(params, learnables, datas)
-            current = {k: v.detach() for k, v in current.items()}
+                current = adapt(params, learnables, datas)
+            current = {name: v.detach() for name, v in current.items()}
         return RolloutCurve(torch.stack(returns, 1), current)
 
 

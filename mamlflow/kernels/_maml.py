@@ -541,12 +541,18 @@ def make_adapt(objective: TaskObjective, adapter: Adapter, *, steps: int) -> Ada
 
 
 def make_adapt_curve(
-    objective: TaskObjective, score: TaskObjective, adapter: Adapter, *, steps: int
+    objective: TaskObjective,
+    score: TaskObjective,
+    adapter: Adapter,
+    *,
+    steps: int,
+    later_scale: float = 1.0,
 ) -> Callable[[Params, Params, Data, Data], tuple[Tensor, Params]]:
     """Score on the query set after 0..steps adaptation steps, for every task at once.
 
     Returns ``(scores, adapted)`` with ``scores`` of shape ``(tasks, steps + 1)`` and the
-    parameters after the last step (leading task dimension).
+    parameters after the last step (leading task dimension). Updates after the first step are
+    multiplied by ``later_scale`` (``eval.later_steps_lr_scale``).
     """
     inner_grad = _inner_grad(objective, adapter)
 
@@ -556,6 +562,8 @@ def make_adapt_curve(
         for step in range(steps):
             g = _stop_gradient(inner_grad(params, support))
             updates, state = adapter.update(g, state, params, learnables, step)
+            if step and later_scale != 1.0:
+                updates = {k: u * later_scale for k, u in updates.items()}
             params = apply_updates(params, updates)
             scores.append(score(params, query))
         return torch.stack(scores), params

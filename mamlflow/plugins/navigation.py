@@ -5,8 +5,8 @@ action moves it by at most 0.1 per axis (the policy acts in [−1, 1], scaled an
 as rllab's ``normalize`` wrapper did in the authors' experiments); the reward is minus the
 distance to the goal (``reward=squared``: minus its square, as the paper's text says), and an
 episode ends when the agent is within 0.01 of the goal on both axes (as in the authors' point
-environment) or after 100 steps. All tasks' and trajectories' agents step together as one tensor: no Python loop over
-environments.
+environment) or after 100 steps. All tasks' and trajectories' agents step together as one
+tensor: no Python loop over environments.
 """
 
 from __future__ import annotations
@@ -180,7 +180,15 @@ NAVIGATION_PRESET = Preset(
             "log_every": 10,
             "checkpoint_every": 50,
         },
-        "eval": {"steps": 3, "tasks": 100, "batch_size": 50},
+        # The authors' test protocol (cbfinn/maml_rl, test_maml_point.py): 40 trajectories
+        # per adaptation step, the first step at the trained rate, the later ones at half.
+        "eval": {
+            "steps": 3,
+            "shots": [40],
+            "later_steps_lr_scale": 0.5,
+            "tasks": 100,
+            "batch_size": 50,
+        },
     },
 )
 
