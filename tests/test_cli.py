@@ -333,3 +333,26 @@ def test_unavailable_device_fails_before_making_a_run_dir(tmp_path: Path) -> Non
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: device: 'cuda:99'"), r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_best_reads_the_best_checkpoint_and_keeps_both_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    common = ("--set", "train.iterations=20", "--set", "train.meta_batch_size=5")
+    validated = ("--set", "train.val_every=5", "--set", "train.val_tasks=20")
+    _invoke(capsys, "run", "--plugin", "sinusoid", *common, *validated, "--out", str(run_dir))
+    args = ("eval", str(run_dir), "--shots", "5", "--steps", "1", "--tasks", "20", "--json")
+    final = json.loads(_invoke(capsys, *args, "--no-plots"))
+    best = json.loads(_invoke(capsys, *args, "--no-plots", "--best"))
+    saved = json.loads((run_dir / "eval.json").read_text())["results"]
+    assert sorted(r["checkpoint"] for r in saved) == ["best", "final"]
+    by_name = {r["checkpoint"]: r for r in saved}
+    assert by_name["best"]["mean"] == best["mean"] and by_name["final"]["mean"] == final["mean"]
+    assert by_name["best"]["iteration"] in (5, 10, 15, 20)
+
+    no_val = tmp_path / "no-val"
+    _invoke(capsys, "run", "--plugin", "sinusoid", *common, "--out", str(no_val))
+    r = _cli("eval", str(no_val), "--best")
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "train.val_every" in r.stderr

@@ -10,9 +10,10 @@ import typer
 from rich.table import Table
 
 from mamlflow.core._io import atomic_write
-from mamlflow.core.checkpoint import load_checkpoint
+from mamlflow.core.checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint
 from mamlflow.core.components import build_components
 from mamlflow.core.config import load_saved
+from mamlflow.core.errors import CheckpointError
 from mamlflow.core.evaluate import EvalResult, evaluate
 from mamlflow.core.host import get_host
 
@@ -41,15 +42,28 @@ def eval_command(
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
     ] = None,
+    best: Annotated[
+        bool,
+        typer.Option(
+            "--best",
+            help="evaluate checkpoint_best.pt (the best validation score; needs "
+            "train.val_every) instead of the final checkpoint.pt",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG plots")] = True,
 ) -> None:
-    """Evaluate a run's final checkpoint: the metric after 0..S adaptation steps, mean ± 95% CI."""
+    """Evaluate a run's final (or best) checkpoint: the metric after 0..S adaptation steps."""
     host = get_host()
     config = load_saved(host, run_dir / CONFIG_NAME).config
     if device is not None:
         config = config.model_copy(update={"device": device})
-    ckpt = load_checkpoint(run_dir)
+    if best and not (run_dir / BEST_CHECKPOINT_NAME).is_file():
+        raise CheckpointError(
+            f"no {BEST_CHECKPOINT_NAME} in {run_dir}: a run keeps one only when it validates; "
+            "train with --set train.val_every=N, or evaluate the final checkpoint without --best"
+        )
+    ckpt = load_checkpoint(run_dir, BEST_CHECKPOINT_NAME if best else CHECKPOINT_NAME)
     components = build_components(config, host)
     ev = config.eval
     shot_list = [shots] if shots is not None else list(ev.shots or (config.task.shots,))
@@ -75,7 +89,7 @@ def eval_command(
                 examples.batch,
                 str(run_dir / f"examples_k{k}.png"),
             )
-    _save(run_dir, results, ckpt.iteration)
+    _save(run_dir, results, ckpt.iteration, "best" if best else "final")
     if plots:
         from ._plots import plot_adaptation
 
@@ -91,7 +105,8 @@ def eval_command(
         return
     table = Table(
         title=f"{run_dir}: {results[0].metric} after adaptation "
-        f"(checkpoint at iteration {ckpt.iteration:,}, {results[0].tasks} tasks)"
+        f"({'best ' if best else ''}checkpoint at iteration {ckpt.iteration:,}, "
+        f"{results[0].tasks} tasks)"
     )
     table.add_column("steps", justify="right")
     for r in results:
@@ -105,8 +120,9 @@ def eval_command(
         )
 
 
-def _save(run_dir: Path, results: list[EvalResult], iteration: int) -> None:
-    """Merge into eval.json: results for other (shots, steps) stay; these replace their twins."""
+def _save(run_dir: Path, results: list[EvalResult], iteration: int, checkpoint: str) -> None:
+    """Merge into eval.json: results for other (checkpoint, shots, steps) stay; these replace
+    their twins."""
     path = run_dir / EVAL_NAME
     existing: list[dict[str, Any]] = []
     if path.is_file():
@@ -114,8 +130,12 @@ def _save(run_dir: Path, results: list[EvalResult], iteration: int) -> None:
             existing = list(json.loads(path.read_text())["results"])
         except (ValueError, KeyError, TypeError):
             existing = []  # a damaged file is replaced, since it would be rewritten anyway
-    new = [{**r.as_json(), "iteration": iteration} for r in results]
-    keys = {(r["shots"], len(r["steps"])) for r in new}
-    merged = [r for r in existing if (r.get("shots"), len(r.get("steps", []))) not in keys] + new
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r.get("checkpoint", "final"), r.get("shots"), len(r.get("steps", [])))
+
+    new = [{**r.as_json(), "iteration": iteration, "checkpoint": checkpoint} for r in results]
+    keys = {key(r) for r in new}
+    merged = [r for r in existing if key(r) not in keys] + new
     data = json.dumps({"results": merged}, indent=2).encode() + b"\n"
     atomic_write(path, data)
