@@ -222,6 +222,43 @@ class RolloutTaskFamily(TaskFamily):
     def kl(self, model: Model) -> TaskObjective:
         return policy_kl(model)
 
+    def example_rollouts(
+        self,
+        model: Model,
+        before: TensorDict,
+        after: TensorDict,
+        batch: TaskBatch,
+        *,
+        tasks: int = 4,
+        trajectories: int = 2,
+    ) -> tuple[TaskBatch, dict[str, TensorDict]]:
+        """What ``plot_examples`` draws: a few tasks' trajectories with θ and with θ′.
+
+        ``before`` is θ, ``after`` the adapted parameters with a task dimension (as
+        ``plot_examples`` receives them). Returns the tasks shown and ``{"before": data,
+        "after": data}``, collected in a phase of their own so they repeat exactly.
+        """
+        shown = min(tasks, batch.num_tasks)
+        few = batch.shard(0, shown)
+        policies = {
+            "before": per_task(before, shown),
+            "after": {k: v[:shown] for k, v in after.items()},
+        }
+        data = {
+            label: self.collect(
+                few,
+                model,
+                params,
+                seed=0,
+                iteration=0,
+                phase=1000,
+                trajectories=trajectories,
+                split="test",
+            )
+            for label, params in policies.items()
+        }
+        return few, data
+
     def collect(
         self,
         batch: TaskBatch,

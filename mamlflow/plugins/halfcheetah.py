@@ -178,17 +178,11 @@ class _HalfCheetah(RolloutTaskFamily):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from mamlflow.core.rl import per_task
-
-        shown = min(4, batch.num_tasks)
-        few = batch.shard(0, shown)
-        after = {k: v[:shown] for k, v in after.items()}
-        speeds = {}
-        for label, params in (("before", per_task(before, shown)), ("after", after)):
-            data = self.collect(
-                few, model, params, seed=0, iteration=0, phase=1000, trajectories=2, split="test"
-            )
-            speeds[label] = data["obs"][..., _X_VELOCITY].double().mean(1).cpu()
+        few, data = self.example_rollouts(model, before, after, batch)
+        shown = few.num_tasks
+        speeds = {
+            label: d["obs"][..., _X_VELOCITY].double().mean(1).cpu() for label, d in data.items()
+        }
         fig, axes = plt.subplots(1, shown, figsize=(3.2 * shown, 3.0), squeeze=False)
         time = np.arange(self.config.horizon) * self._pool[0].unwrapped.dt
         for i, ax in enumerate(axes[0]):

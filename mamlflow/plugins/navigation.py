@@ -122,17 +122,9 @@ class Navigation(RolloutTaskFamily):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from mamlflow.core.rl import per_task
-
-        shown = min(4, batch.num_tasks)
-        few = batch.shard(0, shown)
-        after = {k: v[:shown] for k, v in after.items()}
-        paths = {}
-        for label, params in (("before", per_task(before, shown)), ("after", after)):
-            data = self.collect(
-                few, model, params, seed=0, iteration=0, phase=1000, trajectories=2, split="test"
-            )
-            paths[label] = (data["obs"].cpu(), data["mask"].cpu())
+        few, data = self.example_rollouts(model, before, after, batch)
+        shown = few.num_tasks
+        paths = {label: (d["obs"].cpu(), d["mask"].cpu()) for label, d in data.items()}
         fig, axes = plt.subplots(1, shown, figsize=(3.2 * shown, 3.4), squeeze=False)
         r = self.config.goal_range
         for i, ax in enumerate(axes[0]):
