@@ -8,7 +8,8 @@ EXPECTED = {
     "Adapter", "Algorithm", "AlgorithmConfig", "Callback", "Checkpoint", "CheckpointError",
     "Components", "ConfigError", "DataError", "EvalResult", "MamlflowError", "ModelConfig",
     "ModelIO", "ModelPlugin", "OuterConfig", "OuterOptimizer", "PluginError", "PluginHost",
-    "Preset", "ResolvedConfig", "RunConfig", "TaskBatch", "TaskConfig", "TaskFamily", "Trainer",
+    "Preset", "ResolvedConfig", "RolloutConfig", "RolloutTaskFamily", "RunConfig", "TaskBatch",
+    "TaskConfig", "TaskFamily", "Trainer",
     "UnknownNameError", "adam", "apply_updates", "build_components", "chain", "evaluate",
     "get_host", "hookimpl", "load_checkpoint", "make_adapt", "make_meta_step", "resolve", "sgd",
 }  # fmt: skip
