@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mamlflow.core import rl
 from mamlflow.core.checkpoint import load_checkpoint
 from mamlflow.core.components import build_components
 from mamlflow.core.config import resolve
@@ -53,6 +54,8 @@ SMALL = (
     "train.log_every=1",
     "eval.tasks=6",
     "eval.batch_size=3",
+    # Exactly eval.shots episodes per step; the timestep budget has a test of its own.
+    "task.eval_timesteps=null",
 )
 
 
@@ -421,3 +424,48 @@ def test_evaluation_collects_fresh_trajectories_per_step_and_scales_later_steps(
             }
         for n in params:
             torch.testing.assert_close(curve.adapted[n][i], current[n])
+
+
+def test_a_timestep_budget_collects_whole_episodes_until_it_is_reached(host: PluginHost) -> None:
+    """``eval_timesteps``: rllab's sampler, written out per task as a plain loop over episodes."""
+    c = _components(host, "task.success_radius=0.2")  # episodes that end early, of varied length
+    params, _ = c.initial_params()
+    tasks, batch_size, budget = 3, 4, 50
+    batch = c.family.sample(0, 0, torch.arange(tasks), split="test")
+    policy = per_task(params, tasks)
+    data = c.family.collect(
+        batch,
+        c.learner,
+        policy,
+        seed=0,
+        iteration=0,
+        phase=2,
+        trajectories=batch_size,
+        split="test",
+        timesteps=budget,
+    )
+    chunks = data["mask"].shape[1] // batch_size
+    assert chunks > 1  # it needed more than one batch of episodes
+    # The twin: the same batches of episodes, unmasked (the documented keys), then the loop.
+    key = rl.derive_key(rl._NOISE_STREAM, 0, rl._SPLITS["test"], 0, 2)
+    raw = [
+        c.family._simulate(
+            batch, c.learner, policy, key if j == 0 else rl.derive_key(key, j), batch_size
+        )
+        for j in range(chunks)
+    ]
+    lengths = torch.cat([r["mask"].sum(-1) for r in raw], 1)
+    for i in range(tasks):
+        collected, kept = 0.0, 0
+        for n in lengths[i].tolist():
+            if collected >= budget:
+                break
+            collected, kept = collected + n, kept + 1
+        assert collected >= budget
+        got = data["mask"][i].sum(-1)
+        assert got[:kept].tolist() == lengths[i, :kept].tolist() and not got[kept:].any()
+        score = c.family.score(c.learner)(params, {k: v[i] for k, v in data.items()})
+        returns = (data["rewards"][i] * data["mask"][i]).sum(-1)[:kept]
+        assert float(score) == pytest.approx(float(returns.mean()))
+        valid = data["advantages"][i][data["mask"][i] > 0]  # normalised over kept steps only
+        assert abs(float(valid.mean())) < 1e-5

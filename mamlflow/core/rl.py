@@ -69,6 +69,14 @@ class RolloutConfig(TaskConfig):
     normalize_advantages: bool = Field(
         True, description="centre and scale each task's advantages to unit variance"
     )
+    eval_timesteps: int | None = Field(
+        None,
+        ge=1,
+        description="evaluation collects whole trajectories, eval.shots at a time, until each "
+        "task has this many time steps, and scores the mean return of those trajectories, as "
+        "rllab's samplers did for the paper (its navigation test: 4000); episodes that end early "
+        "leave room for more of them. null: exactly eval.shots trajectories",
+    )
 
 
 def gaussian_log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
@@ -215,7 +223,11 @@ class RolloutTaskFamily(TaskFamily):
         """The mean undiscounted return of the task's trajectories (the paper's metric)."""
 
         def mean_return(params: TensorDict, data: Mapping[str, Tensor]) -> Tensor:
-            return (data["rewards"] * data["mask"]).sum(-1).mean()
+            # Over the trajectories collected (a trajectory masked out from its first step was
+            # not: see ``eval_timesteps``).
+            kept = data["mask"][..., 0]
+            returns = (data["rewards"] * data["mask"]).sum(-1)
+            return (returns * kept).sum() / kept.sum().clamp_min(1.0)
 
         return mean_return
 
@@ -271,35 +283,24 @@ class RolloutTaskFamily(TaskFamily):
         trajectories: int,
         split: Split = "train",
         record_policy: bool = False,
+        timesteps: int | None = None,
     ) -> TensorDict:
         """Trajectories of the policy ``params`` (leading task dimension) in every task.
 
         Returns what the objective needs: ``obs``, ``actions``, ``rewards``, ``mask`` and
         ``advantages`` (discounted returns less the per-task baseline). ``record_policy`` adds
         the collecting policy's ``old_logp``, ``old_mean`` and ``old_log_std``: query data.
+        ``timesteps``: collect ``trajectories`` at a time until every task has that many time
+        steps; each task keeps its trajectories in order up to the one that reaches the budget,
+        the others are masked out entirely.
         """
         cfg = self.config
-        tasks, horizon = batch.num_tasks, cfg.horizon
-        dtype = next(iter(params.values())).dtype
-        device = next(iter(params.values())).device
-        key = derive_key(_NOISE_STREAM, seed, _SPLITS[split], iteration, phase)
-        noise = standard_normal(
-            key, batch.task_index.cpu(), trajectories * horizon * self.act_dim, dtype
-        ).to(device)
-        noise = noise.view(tasks, trajectories, horizon, self.act_dim)
-        forward = vmap(model, in_dims=(0, 0))
         params = {k: v.detach() for k, v in params.items()}
-
-        def act(obs: Tensor, t: int) -> Tensor:
-            mean, log_std = _split_output(forward(params, obs))
-            return mean + torch.exp(log_std) * noise[:, :, t]
-
-        keys = torch.tensor(
-            [derive_key(key, int(i)) & ((1 << 63) - 1) for i in batch.task_index.tolist()],
-            dtype=torch.int64,
-        )
+        key = derive_key(_NOISE_STREAM, seed, _SPLITS[split], iteration, phase)
         with torch.no_grad():
-            data = self.simulate(batch.info, act, trajectories, keys)
+            data = self._simulate(batch, model, params, key, trajectories)
+            if timesteps is not None:
+                data = self._until(batch, model, params, key, trajectories, timesteps, data)
             mask = data["mask"]
             rewards = data["rewards"] * mask
             returns = discounted_returns(rewards, cfg.gamma)
@@ -323,6 +324,56 @@ class RolloutTaskFamily(TaskFamily):
                 out["old_mean"], out["old_log_std"] = mean, log_std
                 out["old_logp"] = gaussian_log_prob(mean, log_std, data["actions"])
         return out
+
+    def _simulate(
+        self, batch: TaskBatch, model: Model, params: TensorDict, key: int, trajectories: int
+    ) -> TensorDict:
+        """One batch of ``trajectories`` per task, with exploration noise keyed by ``key``."""
+        tasks, horizon = batch.num_tasks, self.config.horizon
+        ref = next(iter(params.values()))
+        noise = standard_normal(
+            key, batch.task_index.cpu(), trajectories * horizon * self.act_dim, ref.dtype
+        ).to(ref.device)
+        noise = noise.view(tasks, trajectories, horizon, self.act_dim)
+        forward = vmap(model, in_dims=(0, 0))
+
+        def act(obs: Tensor, t: int) -> Tensor:
+            mean, log_std = _split_output(forward(params, obs))
+            return mean + torch.exp(log_std) * noise[:, :, t]
+
+        keys = torch.tensor(
+            [derive_key(key, int(i)) & ((1 << 63) - 1) for i in batch.task_index.tolist()],
+            dtype=torch.int64,
+        )
+        return self.simulate(batch.info, act, trajectories, keys)
+
+    def _until(
+        self,
+        batch: TaskBatch,
+        model: Model,
+        params: TensorDict,
+        key: int,
+        trajectories: int,
+        timesteps: int,
+        first: TensorDict,
+    ) -> TensorDict:
+        """More batches of trajectories until every task has ``timesteps`` steps; then mask.
+
+        rllab's sampler runs whole episodes until the budget is reached, so a task whose
+        episodes end early gets more of them: it keeps trajectories in order while the steps
+        before each are under the budget.
+        """
+        chunks = [first]
+        # Each batch adds at least one step per trajectory: this bounds the loop.
+        while float(torch.stack([c["mask"].sum((1, 2)) for c in chunks]).sum(0).min()) < timesteps:
+            extra_key = derive_key(key, len(chunks))
+            chunks.append(self._simulate(batch, model, params, extra_key, trajectories))
+        data = {k: torch.cat([c[k] for c in chunks], 1) for k in first}
+        lengths = data["mask"].sum(-1)
+        before = lengths.cumsum(1) - lengths
+        kept = (before < timesteps).to(data["mask"].dtype)
+        data["mask"] = data["mask"] * kept.unsqueeze(-1)
+        return data
 
 
 def per_task(params: TensorDict, tasks: int) -> TensorDict:
@@ -450,6 +501,7 @@ class Rollouts:
                 phase=2 + k,
                 trajectories=trajectories,
                 split=split,
+                timesteps=self.family.config.eval_timesteps,
             )
             returns.append(score(current, data))
             if k == steps:

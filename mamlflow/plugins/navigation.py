@@ -160,7 +160,8 @@ NAVIGATION_PRESET = Preset(
     "2D navigation, MAML-TRPO as in the paper: 20 tasks × 20 trajectories, inner lr 0.1, "
     "max KL 0.01, 100 iterations",
     {
-        "task": {"name": "navigation"},
+        # rllab's sampler, as the authors' test ran it: whole episodes until 4000 steps a task.
+        "task": {"name": "navigation", "eval_timesteps": 4000},
         "model": {"name": "gaussian-mlp"},
         "algorithm": {"name": "maml"},
         "inner": {"steps": 1, "lr": 0.1},
