@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,79 +70,51 @@ def evaluate(
     """
     c = components
     seed = c.config.seed if seed is None else seed
-    if isinstance(c.family, RolloutTaskFamily):
-        return _evaluate_rollouts(
-            c,
-            params,
-            learnables,
-            shots=shots,
-            steps=steps,
-            tasks=tasks,
-            batch_size=batch_size,
-            split=split,
-            seed=seed,
-        )
-    curve = make_adapt_curve(
-        c.family.objective(c.learner),
-        c.family.score(c.learner),
-        c.adapter,
-        steps=steps,
-        later_scale=c.config.eval.later_steps_lr_scale,
-    )
     params = {k: v.to(c.device, c.dtype) for k, v in params.items()}
     learnables = {k: v.to(c.device, c.dtype) for k, v in learnables.items()}
+    later_scale = c.config.eval.later_steps_lr_scale
+    adapt_and_score: Callable[[TaskBatch], tuple[Tensor, Params]]
+    if isinstance(c.family, RolloutTaskFamily):
+        # RL: collect with the current policy, score, adapt on what was collected, repeat;
+        # every step adapts on fresh trajectories of the policy it adapts, as the paper does.
+        rollouts = Rollouts(c.family, c.learner, c.objective(), c.adapter, c.config.inner)
+
+        def adapt_and_score(batch: TaskBatch) -> tuple[Tensor, Params]:
+            curve = rollouts.curve(
+                batch,
+                params,
+                learnables,
+                steps=steps,
+                trajectories=shots,
+                seed=seed,
+                split=split,
+                later_scale=later_scale,
+            )
+            return curve.returns, curve.adapted
+
+    else:
+        curve = make_adapt_curve(
+            c.family.objective(c.learner),
+            c.family.score(c.learner),
+            c.adapter,
+            steps=steps,
+            later_scale=later_scale,
+        )
+
+        def adapt_and_score(batch: TaskBatch) -> tuple[Tensor, Params]:
+            with torch.no_grad():
+                return curve(params, learnables, batch.support, batch.query)
+
     scores: list[Tensor] = []
     examples: EvalExamples | None = None
     for start in range(0, tasks, batch_size):
         index = torch.arange(start, min(start + batch_size, tasks))
         batch = c.family.sample(seed, 0, index, split=split, shots=shots, query=query)
         batch = batch.to(c.device, c.dtype)
-        with torch.no_grad():
-            score, adapted = curve(params, learnables, batch.support, batch.query)
+        score, adapted = adapt_and_score(batch)
         scores.append(score.double().cpu())
         if examples is None:
             examples = EvalExamples(batch, params, adapted)
-    return _summary(c.family.metric, shots, steps, torch.cat(scores), examples)
-
-
-def _evaluate_rollouts(
-    c: Components,
-    params: Params,
-    learnables: Params,
-    *,
-    shots: int,
-    steps: int,
-    tasks: int,
-    batch_size: int,
-    split: Split,
-    seed: int,
-) -> tuple[EvalResult, EvalExamples]:
-    """RL: collect ``shots`` trajectories per task with the current policy, score, adapt, repeat.
-
-    Every step adapts on fresh trajectories of the policy it adapts, as the paper evaluates.
-    """
-    assert isinstance(c.family, RolloutTaskFamily)
-    rollouts = Rollouts(c.family, c.learner, c.objective(), c.adapter, c.config.inner)
-    params = {k: v.to(c.device, c.dtype) for k, v in params.items()}
-    learnables = {k: v.to(c.device, c.dtype) for k, v in learnables.items()}
-    scores: list[Tensor] = []
-    examples: EvalExamples | None = None
-    for start in range(0, tasks, batch_size):
-        index = torch.arange(start, min(start + batch_size, tasks))
-        batch = c.family.sample(seed, 0, index, split=split).to(c.device, c.dtype)
-        curve = rollouts.curve(
-            batch,
-            params,
-            learnables,
-            steps=steps,
-            trajectories=shots,
-            seed=seed,
-            split=split,
-            later_scale=c.config.eval.later_steps_lr_scale,
-        )
-        scores.append(curve.returns.double().cpu())
-        if examples is None:
-            examples = EvalExamples(batch, params, curve.adapted)
     return _summary(c.family.metric, shots, steps, torch.cat(scores), examples)
 
 
