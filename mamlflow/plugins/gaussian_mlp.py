@@ -13,10 +13,9 @@ from mamlflow.core.errors import ConfigError
 from mamlflow.core.hookspecs import hookimpl
 from mamlflow.core.learner import ModelConfig, ModelPlugin
 from mamlflow.core.task import ModelIO
+from mamlflow.plugins.mlp import MLP, MLPConfig
 
 __all__ = ["GaussianMLP", "GaussianMLPConfig", "GaussianPolicy"]
-
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 class GaussianMLPConfig(ModelConfig):
@@ -59,13 +58,12 @@ class GaussianMLP(ModelPlugin):
                     f"{io.output_dim}: pick mlp or conv4"
                 ]
             )
-        layers: list[nn.Module] = []
-        width = io.input_shape[0]
-        for h in self.config.hidden:
-            layers += [nn.Linear(width, h), _ACTIVATIONS[self.config.activation]()]
-            width = h
-        layers.append(nn.Linear(width, io.output_dim // 2))
-        return GaussianPolicy(nn.Sequential(*layers), io.output_dim // 2, self.config.init_log_std)
+        act_dim = io.output_dim // 2
+        # The mean network is exactly the mlp plugin's, built for the action dimensions.
+        mean = MLP(
+            MLPConfig(name="mlp", hidden=self.config.hidden, activation=self.config.activation)
+        ).build(ModelIO(io.input_shape, act_dim))
+        return GaussianPolicy(mean, act_dim, self.config.init_log_std)
 
 
 @hookimpl
