@@ -1,4 +1,4 @@
-"""The README's algorithm table: every algorithm of the family, trained and evaluated by the CLI.
+"""The algorithm table of docs/results.md: each algorithm trained and evaluated by the CLI.
 
 Each row is ``metaflow run --plugin PRESET --set algorithm.name=ALGO --set train.iterations=N``
 followed by ``metaflow eval RUN_DIR --json``, in fresh processes, exactly what a user types.

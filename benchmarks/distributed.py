@@ -38,9 +38,8 @@ from typing import Any
 
 def _payload_sizes() -> dict[str, int]:
     """The trainer's all_reduce payload per model: every parameter's gradient and 3 scalars."""
-    from mamlflow.core.config import resolve
-    from mamlflow.core.host import PluginHost
-    from mamlflow.core.task import ModelIO
+    from mamlflow.core import ModelIO
+    from mamlflow.engine import PluginHost, resolve
 
     host = PluginHost()
     sizes = {}
@@ -59,7 +58,7 @@ def _collective_worker(device: str, repeats: int) -> None:
     """Runs in each process torchrun starts: time the all_reduce of each payload size."""
     import torch
 
-    from mamlflow.core.distributed import from_env
+    from mamlflow.engine import from_env
 
     dist = from_env(device)
     on = torch.device("cuda") if device.startswith("cuda") else torch.device("cpu")
@@ -113,7 +112,7 @@ def _run(
 
 
 def _difference(a: Path, b: Path) -> float:
-    from mamlflow.core.checkpoint import load_checkpoint
+    from mamlflow.engine import load_checkpoint
 
     pa, pb = load_checkpoint(a).params, load_checkpoint(b).params
     largest = max(v.abs().max().item() for v in pa.values())

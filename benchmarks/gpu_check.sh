@@ -80,7 +80,7 @@ bench() {  # bench NAME ARGS...: one `metaflow bench --json` into $OUT_DIR/NAME.
 }
 export -f bench
 
-section "pytest -m gpu" 150 "$PY" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider
+section "pytest -m gpu" 150 "$PY" -m pytest tests/kernels/test_gpu.py -m gpu -q -p no:cacheprovider
 NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 NPROC=$NGPU
 [[ $DEVICE == cpu ]] && NPROC=2   # the dry run: gloo, 2 processes

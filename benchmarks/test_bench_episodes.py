@@ -5,12 +5,13 @@ random uint8 array shaped like Omniglot background + evaluation ((1623, 20, 28, 
 1623 × 4 rotated classes in the pool (Santoro et al. 2016). Argument checks and allocation are
 timed too: this is what a task family pays per meta-batch. Every variant is checked against the
 twin, bit for bit, before it is timed. ``numba-parallel`` is the same kernel compiled with
-``parallel=True`` (prange over tasks, uncached) to keep ``_episodes.PARALLEL`` an informed choice.
+``parallel=True`` (prange over tasks, uncached) to keep the serial default an informed choice.
 Run with ``pytest benchmarks/test_bench_episodes.py --benchmark-only`` (see README.md).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import fields
 
@@ -19,9 +20,13 @@ import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from mamlflow.core.rng import derive_key
-from mamlflow.kernels import _episodes
-from mamlflow.kernels._episodes_ref import Episodes, sample_episodes_reference
+from mamlflow.kernels import (
+    Episodes,
+    numba_available,
+    sample_episodes,
+    sample_episodes_reference,
+)
+from mamlflow.rng import derive_key
 
 CHARACTERS, DRAWINGS, SIZE = 1623, 20, 28
 META_BATCH, WAYS, SHOTS, QUERIES = 32, 5, 1, 15
@@ -43,17 +48,15 @@ def arguments() -> tuple:
 @pytest.mark.parametrize("variant", ["numba", "numba-parallel", "twin"])
 def test_omniglot_meta_batch(
     benchmark: BenchmarkFixture,
-    monkeypatch: pytest.MonkeyPatch,
     arguments: tuple,
     variant: str,
 ) -> None:
-    assert _episodes.numba_available()
-    if variant == "numba-parallel":
-        kernel = numba.njit(parallel=True)(_episodes._sample_kernel.py_func)
-        monkeypatch.setattr(_episodes, "_sample_kernel", kernel)
-    sample: Callable[..., Episodes] = (
-        sample_episodes_reference if variant == "twin" else _episodes.sample_episodes
-    )
+    assert numba_available()
+    sample: Callable[..., Episodes] = {
+        "numba": sample_episodes,
+        "numba-parallel": functools.partial(sample_episodes, parallel=True),
+        "twin": sample_episodes_reference,
+    }[variant]
     got, want = sample(*arguments), sample_episodes_reference(*arguments)  # compiles, checks
     for f in fields(Episodes):
         assert np.array_equal(getattr(got, f.name), getattr(want, f.name)), f.name

@@ -26,13 +26,18 @@ import pytest
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from mamlflow.core.adapter import Adapter, Params
-from mamlflow.core.components import build_components
-from mamlflow.core.config import resolve
-from mamlflow.core.errors import DataError
-from mamlflow.core.host import get_host
-from mamlflow.core.task import TaskBatch, TaskObjective
-from mamlflow.kernels import MetaStep, StepResult, Strategy, make_meta_step
+from mamlflow.core import (
+    Adapter,
+    DataError,
+    MetaStep,
+    Params,
+    StepResult,
+    Strategy,
+    TaskBatch,
+    TaskObjective,
+)
+from mamlflow.engine import build_components, get_host, resolve
+from mamlflow.kernels import make_meta_step
 
 META_BATCH = 32
 SETS = ("task.query=15", f"train.meta_batch_size={META_BATCH}", "task.download=false")

@@ -15,10 +15,17 @@ import pytest
 import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from mamlflow.core.adapter import Params, sgd
-from mamlflow.core.learner import Learner
-from mamlflow.core.task import TaskBatch, TaskObjective
-from mamlflow.kernels import MetaStep, StepResult, Strategy, make_meta_step
+from mamlflow.core import (
+    Learner,
+    MetaStep,
+    Params,
+    StepResult,
+    Strategy,
+    TaskBatch,
+    TaskObjective,
+    sgd,
+)
+from mamlflow.kernels import make_meta_step
 from mamlflow.plugins.mlp import MLP, MLPConfig
 from mamlflow.plugins.sinusoid import Sinusoid, SinusoidConfig
 

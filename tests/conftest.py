@@ -10,7 +10,11 @@ os.environ.setdefault("MAMLFLOW_AUTOLOAD_PLUGINS", "0")
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The small navigation runs (and their ``host`` fixture) several packages' RL tests share.
+pytest_plugins = ["tests.navigation"]
+
+# MAMLFLOW_TEST_THREADS=1 keeps parallel test runs from preempting each other inside matmuls.
+torch.set_num_threads(int(os.environ.get("MAMLFLOW_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from mamlflow.core.errors import MamlflowError
+from mamlflow.core import MamlflowError
 
 from . import _bench, _config, _eval, _plugins, _run
 from ._common import DEBUG_ENV, fail, report, setup_logging
@@ -48,7 +48,7 @@ def _installs_plugins(argv: list[str]) -> bool:
 
 
 def _add_plugin_commands(app: typer.Typer) -> None:
-    from mamlflow.core.host import get_host
+    from mamlflow.engine import get_host
 
     for name, command in get_host().commands().items():
         if isinstance(command, typer.Typer):

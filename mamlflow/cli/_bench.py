@@ -10,10 +10,14 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from mamlflow.core.components import build_components
-from mamlflow.core.config import resolve
-from mamlflow.core.host import get_host
-from mamlflow.kernels._bench import BenchReport, StrategyResult, benchmark
+from mamlflow.engine import (
+    BenchReport,
+    StrategyResult,
+    benchmark,
+    build_components,
+    get_host,
+    resolve,
+)
 
 from ._common import console, err_console, fail
 

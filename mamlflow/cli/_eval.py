@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from mamlflow.core._io import atomic_write
-from mamlflow.core.checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint
-from mamlflow.core.components import build_components
-from mamlflow.core.config import load_saved
-from mamlflow.core.errors import CheckpointError
-from mamlflow.core.evaluate import EvalResult, evaluate
-from mamlflow.core.host import get_host
+from mamlflow.core import CheckpointError, RunConfig, RunDir, atomic_write, rundir
+from mamlflow.engine import (
+    Checkpoint,
+    EvalResult,
+    PluginHost,
+    build_components,
+    evaluate,
+    get_host,
+    load_checkpoint,
+    load_saved,
+)
 
 from ._common import console, err_console
-from ._run import CONFIG_NAME
 
 __all__ = ["eval_command"]
-
-EVAL_NAME = "eval.json"
 
 
 def eval_command(
@@ -55,18 +57,55 @@ def eval_command(
 ) -> None:
     """Evaluate a run's final (or best) checkpoint: the metric after 0..S adaptation steps."""
     host = get_host()
-    config = load_saved(host, run_dir / CONFIG_NAME).config
+    files = RunDir(run_dir)
+    config = load_saved(host, files.config).config
     if device is not None:
         config = config.model_copy(update={"device": device})
-    if best and not (run_dir / BEST_CHECKPOINT_NAME).is_file():
+    if best and not files.best_checkpoint.is_file():
         raise CheckpointError(
-            f"no {BEST_CHECKPOINT_NAME} in {run_dir}: a run keeps one only when it validates; "
+            f"no {rundir.BEST_CHECKPOINT} in {run_dir}: a run keeps one only when it validates; "
             "train with --set train.val_every=N, or evaluate the final checkpoint without --best"
         )
-    ckpt = load_checkpoint(run_dir, BEST_CHECKPOINT_NAME if best else CHECKPOINT_NAME)
+    ckpt = load_checkpoint(run_dir, rundir.BEST_CHECKPOINT if best else rundir.CHECKPOINT)
+    ev = config.eval
+    results = _evaluate_each_shots(
+        config,
+        host,
+        ckpt,
+        [shots] if shots is not None else list(ev.shots or (config.task.shots,)),
+        steps=ev.steps if steps is None else steps,
+        tasks=ev.tasks if tasks is None else tasks,
+        examples_of=files.examples if plots else None,
+    )
+    _save(run_dir, results, ckpt.iteration, "best" if best else "final")
+    if plots:
+        from ._plots import plot_adaptation
+
+        plot_adaptation(results, files.eval_curve)
+
+    if as_json:
+        print(json.dumps(_as_json(results)))
+        return
+    console.print(_results_table(run_dir, results, ckpt.iteration, best=best))
+    if not ckpt.finished:
+        err_console.print(
+            "note: this checkpoint is from a run that stopped early (time limit or interruption)"
+        )
+
+
+def _evaluate_each_shots(
+    config: RunConfig,
+    host: PluginHost,
+    ckpt: Checkpoint,
+    shot_list: list[int],
+    *,
+    steps: int,
+    tasks: int,
+    examples_of: Callable[[int], Path] | None,
+) -> list[EvalResult]:
+    """One evaluation per number of shots; ``examples_of(shots)``: where to plot a few tasks."""
     components = build_components(config, host)
     ev = config.eval
-    shot_list = [shots] if shots is not None else list(ev.shots or (config.task.shots,))
     results: list[EvalResult] = []
     for k in shot_list:
         result, examples = evaluate(
@@ -74,38 +113,38 @@ def eval_command(
             ckpt.params,
             ckpt.learnables,
             shots=k,
-            steps=ev.steps if steps is None else steps,
-            tasks=ev.tasks if tasks is None else tasks,
+            steps=steps,
+            tasks=tasks,
             query=ev.query,
             batch_size=ev.batch_size,
             split=ev.split,
         )
         results.append(result)
-        if plots:
+        if examples_of is not None:
             components.family.plot_examples(
                 components.learner,
                 examples.before,
                 examples.after,
                 examples.batch,
-                str(run_dir / f"examples_k{k}.png"),
+                str(examples_of(k)),
             )
-    _save(run_dir, results, ckpt.iteration, "best" if best else "final")
-    if plots:
-        from ._plots import plot_adaptation
+    return results
 
-        plot_adaptation(results, run_dir / "eval_curve.png")
 
-    if as_json:
-        if len(results) == 1:
-            print(json.dumps(results[0].as_json()))
-        else:
-            print(
-                json.dumps({"metric": results[0].metric, "results": [r.as_json() for r in results]})
-            )
-        return
+def _as_json(results: list[EvalResult]) -> dict[str, Any]:
+    """``--json``: one result as it is; several under ``results``, with their common metric."""
+    if len(results) == 1:
+        return results[0].as_json()
+    return {"metric": results[0].metric, "results": [r.as_json() for r in results]}
+
+
+def _results_table(
+    run_dir: Path, results: list[EvalResult], iteration: int, *, best: bool
+) -> Table:
+    """The metric after each adaptation step (rows) for each number of shots (columns)."""
     table = Table(
         title=f"{run_dir}: {results[0].metric} after adaptation "
-        f"({'best ' if best else ''}checkpoint at iteration {ckpt.iteration:,}, "
+        f"({'best ' if best else ''}checkpoint at iteration {iteration:,}, "
         f"{results[0].tasks} tasks)"
     )
     table.add_column("steps", justify="right")
@@ -113,17 +152,13 @@ def eval_command(
         table.add_column(f"K={r.shots}", justify="right")
     for i, s in enumerate(results[0].steps):
         table.add_row(str(s), *(f"{r.mean[i]:.4f} ± {r.ci95[i]:.4f}" for r in results))
-    console.print(table)
-    if not ckpt.finished:
-        err_console.print(
-            "note: this checkpoint is from a run that stopped early (time limit or interruption)"
-        )
+    return table
 
 
 def _save(run_dir: Path, results: list[EvalResult], iteration: int, checkpoint: str) -> None:
     """Merge into eval.json: results for other (checkpoint, shots, steps) stay; these replace
     their twins."""
-    path = run_dir / EVAL_NAME
+    path = RunDir(run_dir).eval
     existing: list[dict[str, Any]] = []
     if path.is_file():
         try:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mamlflow.core.evaluate import EvalResult
+from mamlflow.core import rundir
+from mamlflow.engine import EvalResult
 
-__all__ = ["plot_adaptation"]
+__all__ = ["MARKED_UP_TO", "plot_adaptation", "plot_learning_curve"]
+
+MARKED_UP_TO = 50
+"""Series of at most this many points get a marker on each: a line through one point draws
+nothing, and a few points read better as points; longer curves stay plain lines."""
 
 
 def plot_adaptation(results: list[EvalResult], path: Path) -> None:
@@ -38,9 +43,7 @@ def plot_learning_curve(metrics: Path, path: Path) -> bool:
 
     Returns False (and writes nothing) when ``metrics`` holds no record yet.
     """
-    from mamlflow.plugins.callbacks import read_records
-
-    records = read_records(metrics)
+    records = rundir.read_records(metrics)
     if not records:
         return False
     import matplotlib
@@ -53,14 +56,15 @@ def plot_learning_curve(metrics: Path, path: Path) -> bool:
     )
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     iterations = [r["iteration"] for r in records]
+    marker = "o" if len(records) <= MARKED_UP_TO else None
     if "return_after" in records[-1]:
         # RL: the surrogate loss is ~0 at the collecting policy; the returns say what happened.
         for key, label in (("return_before", "before adaptation"), ("return_after", "after")):
-            axes[0].plot(iterations, [r.get(key) for r in records], label=label)
+            axes[0].plot(iterations, [r.get(key) for r in records], marker=marker, label=label)
         axes[0].set_ylabel("mean return (train)")
         axes[0].legend()
     else:
-        axes[0].plot(iterations, [r["meta_loss"] for r in records])
+        axes[0].plot(iterations, [r["meta_loss"] for r in records], marker=marker)
         axes[0].set_ylabel("meta-loss (train)")
     axes[0].set_xlabel("iteration")
     validated = [r for r in records if val_key is not None and val_key in r]
@@ -72,7 +76,8 @@ def plot_learning_curve(metrics: Path, path: Path) -> bool:
             scale = 1 / 60 if x_key == "elapsed" else 1
             xs = [r[x_key] * scale for r in validated]
             ys = [r[val_key] for r in validated]
-            ci = [r.get(f"{val_key}_ci95", 0.0) for r in validated]
+            # A ci95 written as null (non-finite) draws no error bar rather than failing.
+            ci = [_or_nan(r.get(f"{val_key}_ci95", 0.0)) for r in validated]
             ax.errorbar(xs, ys, yerr=ci, marker="o", capsize=2)
             ax.set_ylabel(val_key.replace("_", " "))
         else:
@@ -84,9 +89,15 @@ def plot_learning_curve(metrics: Path, path: Path) -> bool:
                 transform=ax.transAxes,
             )
         ax.set_xlabel(label)
+    for ax in axes[:2]:  # a run of a few iterations would get ticks like 0.96, 0.98, …
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value

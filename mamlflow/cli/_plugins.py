@@ -22,7 +22,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mamlflow.core.host import (
+from mamlflow.engine import (
     AUTOLOAD_ENV,
     STRICT_ENV,
     Component,

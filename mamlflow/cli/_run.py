@@ -12,44 +12,40 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from mamlflow.core.checkpoint import CHECKPOINT_NAME
-from mamlflow.core.config import ResolvedConfig, load_saved, parse_set, resolve, save_resolved
-from mamlflow.core.distributed import (
+from mamlflow.core import ConfigError, MetricsRecord, RunDir, TrainSummary, rundir
+from mamlflow.engine import (
     DistributedError,
+    PluginHost,
+    ResolvedConfig,
+    Trainer,
     check_device,
     from_env,
+    get_host,
     launched_by_torchrun,
+    load_saved,
+    parse_set,
+    resolve,
     threads_per_process,
 )
-from mamlflow.core.errors import ConfigError
-from mamlflow.core.host import get_host
-from mamlflow.core.trainer import Trainer, TrainSummary
 
-from ._common import DEBUG_ENV, console, err_console, fail
+from ._common import DEBUG_ENV, console, err_console, fail, logs_through
+from ._progress import rate, record_fields, train_progress
 
 if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-__all__ = ["CONFIG_NAME", "run"]
+__all__ = ["run"]
 
-CONFIG_NAME = "config.json"
 # Keys a resumed run may change: how long it goes on and where; never what it learns.
 _RESUMABLE_PREFIXES = (
     "train.iterations",
@@ -101,64 +97,95 @@ def run(
             "--nproc-per-node starts torchrun itself; under torchrun, drop it (torchrun's own "
             "--nproc-per-node sets the number of processes)"
         )
+    overrides = _option_overrides(seed, device)
+    run_dir: Path | None
+    if resume is not None:
+        _check_resumable(resume, plugin, config_file, seed)
+        resolved, run_dir = _resume_config(resume, sets or (), overrides), resume
+    else:
+        resolved, run_dir = _new_config(host, plugin, config_file, sets, overrides), out
+    if nproc_per_node is not None and nproc_per_node > 1:
+        run_dir = _prepare_launch(resolved, run_dir, nproc_per_node, resuming=resume is not None)
+        worker_args = _worker_args(plugin, config_file, sets, run_dir, seed, device, resume)
+        _launch(nproc_per_node, worker_args, run_dir)
+        return
+    _train_here(host, resolved, run_dir, resuming=resume is not None)
+
+
+def _option_overrides(seed: int | None, device: str | None) -> dict[str, tuple[Any, str]]:
+    """What ``--seed`` and ``--device`` set, with their sources."""
     overrides: dict[str, tuple[Any, str]] = {}
     if seed is not None:
         overrides["seed"] = (seed, "--seed")
     if device is not None:
         overrides["device"] = (device, "--device")
+    return overrides
 
-    if resume is not None:
-        if plugin or config_file or seed is not None:
-            fail(
-                "--resume continues a run with its saved config: drop --plugin/--config/--seed "
-                "(only --set train.iterations=…, train.time_limit=… and --device may change)"
-            )
-        run_dir = resume
-        if not (run_dir / CHECKPOINT_NAME).is_file():
-            fail(
-                f"{run_dir} holds no {CHECKPOINT_NAME} to resume; pass a directory written "
-                "by 'metaflow run'"
-            )
-        resolved = _resume_config(run_dir, sets or (), overrides)
-    else:
-        if (
-            plugin is None
-            and config_file is None
-            and not any(s.startswith("preset=") for s in sets or ())
-        ):
-            fail(
-                "no preset chosen: pass --plugin NAME (one of: "
-                f"{', '.join(host.names('preset'))}) or a --config file"
-            )
-        resolved = resolve(
-            host, preset=plugin, file=config_file, sets=sets or (), overrides=overrides
+
+def _check_resumable(
+    run_dir: Path, plugin: str | None, config_file: Path | None, seed: int | None
+) -> None:
+    if plugin or config_file or seed is not None:
+        fail(
+            "--resume continues a run with its saved config: drop --plugin/--config/--seed "
+            "(only --set train.iterations=…, train.time_limit=… and --device may change)"
         )
-        run_dir = out
-    cfg = resolved.config
+    if not RunDir(run_dir).checkpoint.is_file():
+        fail(
+            f"{run_dir} holds no {rundir.CHECKPOINT} to resume; pass a directory written "
+            "by 'metaflow run'"
+        )
 
-    if nproc_per_node is not None and nproc_per_node > 1:
-        # The run directory is fixed here, once: the default name has a timestamp, which the
-        # processes would each read at a slightly different second.
-        if run_dir is None:
-            run_dir = _default_run_dir(resolved)
-        if resume is None:
-            _refuse_existing_run(run_dir)
-        check_device(cfg.device, nproc_per_node)  # fails once, here, not in every process
-        worker_args = _worker_args(plugin, config_file, sets, run_dir, seed, device, resume)
-        _launch(nproc_per_node, worker_args, run_dir)
-        return
 
-    dist = from_env(cfg.device)
+def _new_config(
+    host: PluginHost,
+    plugin: str | None,
+    config_file: Path | None,
+    sets: list[str] | None,
+    overrides: dict[str, tuple[Any, str]],
+) -> ResolvedConfig:
+    """The config of a new run: preset < file < ``--set`` < ``--seed``/``--device``."""
+    if (
+        plugin is None
+        and config_file is None
+        and not any(s.startswith("preset=") for s in sets or ())
+    ):
+        fail(
+            "no preset chosen: pass --plugin NAME (one of: "
+            f"{', '.join(host.names('preset'))}) or a --config file"
+        )
+    return resolve(host, preset=plugin, file=config_file, sets=sets or (), overrides=overrides)
+
+
+def _prepare_launch(
+    resolved: ResolvedConfig, run_dir: Path | None, nproc: int, *, resuming: bool
+) -> Path:
+    """The run directory every process is given, once everything that can fail here did."""
+    # Fixed here, once: the default name has a timestamp, which the processes would each read
+    # at a slightly different second.
+    if run_dir is None:
+        run_dir = _default_run_dir(resolved)
+    if not resuming:
+        _refuse_existing_run(run_dir)
+    check_device(resolved.config.device, nproc)  # fails once, here, not in every process
+    return run_dir
+
+
+def _train_here(
+    host: PluginHost, resolved: ResolvedConfig, run_dir: Path | None, *, resuming: bool
+) -> None:
+    """Train in this process (alone, or as one of torchrun's); rank 0 shows bar and summary."""
+    dist = from_env(resolved.config.device)
     try:
         if run_dir is None:
             # Under torchrun without --out: rank 0 names the directory for everyone.
             name = str(_default_run_dir(resolved)) if dist.is_main else None
             run_dir = Path(dist.broadcast_object(name, "sharing the run directory"))
-        if resume is None:
+        if not resuming:
             _refuse_existing_run(run_dir)
         # Build everything (device, model, plugins) before touching the run directory, so a bad
-        # choice leaves no half-made run behind.
-        trainer = Trainer(cfg, run_dir, host, resume=resume is not None, dist=dist)
+        # choice leaves no half-made run behind. The trainer writes config.json itself.
+        trainer = Trainer(resolved, run_dir, host, resume=resuming, dist=dist)
         # No process may still be checking for an existing run when rank 0 starts this one.
         dist.barrier("starting the run")
         if not dist.is_main:
@@ -168,9 +195,7 @@ def run(
             # its final checkpoint can abort in gloo's teardown (seen once in CI: SIGABRT).
             dist.barrier("finishing the run")
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_resolved(resolved, run_dir / CONFIG_NAME)
-        summary = _fit_with_progress(trainer)
+        summary = _fit_with_progress(trainer, console)
         dist.barrier("finishing the run")
     finally:
         dist.shutdown()
@@ -178,86 +203,79 @@ def run(
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
-    if (run_dir / CONFIG_NAME).exists() or (run_dir / CHECKPOINT_NAME).exists():
+    if RunDir(run_dir).holds_run():
         fail(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} "
             "or choose another --out"
         )
 
 
-def _fit_with_progress(trainer: Trainer) -> TrainSummary:
-    """``trainer.fit()`` under a live progress bar, with a graceful first Ctrl-C."""
+def _fit_with_progress(trainer: Trainer, out: Console) -> TrainSummary:
+    """``trainer.fit()`` under a live progress bar on ``out``, with a graceful first Ctrl-C.
+
+    While the bar is shown, mamlflow's log lines (the kernel choice) print above it.
+    """
     total = trainer.config.train.iterations
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TextColumn("{task.fields[rate]} tasks/s"),
-        TextColumn("{task.fields[val]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
+    with train_progress(out) as progress, logs_through(progress.console):
         bar = progress.add_task("meta-train", total=total, loss="meta-loss …", rate="…", val="")
-        last_refresh = [0.0]
-
-        def on_step(iteration: int, record: dict[str, Any] | None) -> None:
-            now = time.monotonic()
-            if now - last_refresh[0] < 0.1 and iteration < total:
-                return  # keep the bar off the hot path
-            last_refresh[0] = now
-            fields = {}
-            if record is not None:
-                fields = {"loss": _headline(record), "rate": _rate(record["tasks_per_s"])}
-                for key, value in record.items():
-                    if key.startswith("val_") and not key.endswith("_ci95"):
-                        fields["val"] = f"{key.replace('_', ' ')} {value:.4f}"
-            progress.update(bar, completed=iteration, **fields)
-
-        trainer.on_step = on_step
+        trainer.on_step = _bar_updater(progress, bar, total)
         progress.update(bar, completed=0)
         with _graceful_interrupt(trainer, progress.console):
             return trainer.fit()
 
 
-def _headline(record: dict[str, Any]) -> str:
-    """What the bar shows of a record: the meta-loss, or for RL the returns it earned.
+def _bar_updater(
+    progress: Progress, bar: TaskID, total: int
+) -> Callable[[int, MetricsRecord | None], None]:
+    """The trainer's ``on_step``: moves the bar, at most ten times a second (and at the end)."""
+    last_refresh = [0.0]
 
-    A policy-gradient surrogate is ~0 at the collecting parameters whatever the policy does,
-    so RL runs show the mean return before → after adaptation instead.
-    """
-    if "return_after" in record:
-        return f"return {record['return_before']:.2f} → {record['return_after']:.2f}"
-    return f"meta-loss {record['meta_loss']:.4f}"
+    def on_step(iteration: int, record: MetricsRecord | None) -> None:
+        now = time.monotonic()
+        if now - last_refresh[0] < 0.1 and iteration < total:
+            return  # keep the bar off the hot path
+        last_refresh[0] = now
+        fields = {} if record is None else record_fields(record)
+        progress.update(bar, completed=iteration, **fields)
 
-
-def _rate(tasks_per_s: float) -> str:
-    return f"{tasks_per_s:,.0f}" if tasks_per_s >= 10 else f"{tasks_per_s:.2f}"
+    return on_step
 
 
 def _print_summary(run_dir: Path, summary: TrainSummary) -> None:
-    from mamlflow.plugins.callbacks import read_records
-
     from ._plots import plot_learning_curve
 
-    if plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "learning_curve.png"):
-        console.print(f"learning curve: {run_dir / 'learning_curve.png'}")
+    files = RunDir(run_dir)
+    if plot_learning_curve(files.metrics, files.learning_curve):
+        console.print(f"learning curve: {files.learning_curve}")
+    console.print(_summary_table(run_dir, summary, rundir.read_records(files.metrics)))
+
+
+def _summary_table(
+    run_dir: Path, summary: TrainSummary, records: Sequence[Mapping[str, Any]]
+) -> Table:
+    """The table that ends a run; ``records`` are its metrics records, oldest first."""
     table = Table(title=f"run {run_dir}", show_header=False)
     table.add_row("iterations", f"{summary.iteration:,} / {summary.iterations:,}")
     table.add_row("stopped by", summary.stopped_by)
-    table.add_row(
-        "final meta-loss", "—" if summary.meta_loss is None else f"{summary.meta_loss:.4f}"
-    )
-    records = read_records(run_dir / "metrics.jsonl")
-    if records and "return_after" in records[-1]:
-        table.add_row("return (last log)", _headline(records[-1]).removeprefix("return "))
-    table.add_row("tasks/s (incl. compile)", _rate(summary.tasks_per_s))
+    table.add_row(*_final_result(summary, records[-1] if records else {}))
+    table.add_row("tasks/s (incl. compile)", rate(summary.tasks_per_s))
     table.add_row("kernel", f"{summary.strategy} ({summary.strategy_reason})")
     table.add_row("wall-clock", f"{summary.elapsed:.1f} s")
     table.add_row("next", f"metaflow eval {run_dir}")
-    console.print(table)
+    return table
+
+
+def _final_result(summary: TrainSummary, last_record: Mapping[str, Any]) -> tuple[str, str]:
+    """The run's last training number: its meta-loss, or the returns of a rollout run.
+
+    A policy-gradient surrogate is ~0 at the collecting policy whatever the policy does, so a
+    run whose records hold returns reports those (a resume with no step left: the last log's).
+    """
+    for numbers in (summary, last_record):
+        before, after = numbers.get("return_before"), numbers.get("return_after")
+        if before is not None and after is not None:
+            return "final return", f"{before:.2f} → {after:.2f} (before → after adaptation)"
+    return "final meta-loss", "—" if summary.meta_loss is None else f"{summary.meta_loss:.4f}"
 
 
 @contextlib.contextmanager
@@ -349,7 +367,7 @@ def _launch(nproc: int, worker_args: list[str], run_dir: Path) -> None:
 
 
 def _what_is_kept(run_dir: Path) -> str:
-    if (run_dir / CHECKPOINT_NAME).is_file():
+    if RunDir(run_dir).checkpoint.is_file():
         return f"{run_dir} keeps the last complete checkpoint: continue with --resume {run_dir}"
     return "no checkpoint was written yet"
 
@@ -389,7 +407,7 @@ def _resume_config(
     run_dir: Path, sets: list[str] | tuple[str, ...], overrides: dict[str, tuple[Any, str]]
 ) -> ResolvedConfig:
     host = get_host()
-    saved = load_saved(host, run_dir / CONFIG_NAME)
+    saved = load_saved(host, RunDir(run_dir).config)
     changes = dict(parse_set(item) for item in sets)
     bad = [k for k in changes if not k.startswith(_RESUMABLE_PREFIXES)]
     if bad:

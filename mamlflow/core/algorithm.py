@@ -15,19 +15,14 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from .adapter import Adapter
-from .plugin_config import PluginConfig
+from .config import AlgorithmConfig, InnerConfig
+from .metastep import MetaStep, MetaStepFactory, Strategy
 from .task import TaskFamily, TaskObjective
 
 if TYPE_CHECKING:
-    from ..kernels import MetaStep, Strategy
-    from .config import InnerConfig
     from .learner import Learner
 
 __all__ = ["Algorithm", "AlgorithmConfig"]
-
-
-class AlgorithmConfig(PluginConfig):
-    """Options every algorithm has; an algorithm's own ``Config`` subclasses this."""
 
 
 class Algorithm(ABC):
@@ -45,7 +40,7 @@ class Algorithm(ABC):
         """The inner-loop update rule for the run's ``inner`` settings."""
 
     strategies: ClassVar[tuple[Strategy, ...] | None] = None
-    """The kernel strategies ``make_meta_step`` implements; None: all of ``kernels.STRATEGIES``."""
+    """The kernel strategies ``make_meta_step`` implements; None: all of them (``STRATEGIES``)."""
 
     def objective(self, family: TaskFamily, learner: Learner) -> TaskObjective:
         """The per-task training loss the kernels differentiate: the family's, by default.
@@ -83,18 +78,19 @@ class Algorithm(ABC):
         steps: int,
         first_order: bool,
         strategy: Strategy,
+        maml: MetaStepFactory,
         autocast: torch.dtype | None = None,
         multi_step: bool = False,
     ) -> MetaStep:
-        """Build this algorithm's meta-step; the default is the MAML kernels' (``make_meta_step``).
+        """Build this algorithm's meta-step; the default is the MAML kernels' (``maml``).
 
-        An override must return a step with the same contract: scaled loss and gradients for θ
-        and the adapter's learnables, summed over the shard's tasks, and implement every
-        strategy listed in ``strategies`` with ``loop`` as the reference the others match.
+        ``maml`` is ``mamlflow.make_meta_step``, handed in by the caller so that the contract
+        does not depend on the kernels. An override must return a step with the same contract
+        (``mamlflow.core.metastep``): scaled loss and gradients for θ and the adapter's
+        learnables, summed over the shard's tasks, and implement every strategy listed in
+        ``strategies`` with ``loop`` as the reference the others match.
         """
-        from ..kernels import make_meta_step  # the kernels import the core, not the reverse
-
-        return make_meta_step(
+        return maml(
             objective,
             adapter,
             steps=steps,

@@ -8,27 +8,72 @@ a run config under ``callbacks.<name>`` and validated like every other section.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, final
+from typing import Any, ClassVar, final
 
-from pydantic import BaseModel, ConfigDict
+from .config import CallbackConfig, RunConfig
+from .rundir import MetricsRecord
 
-if TYPE_CHECKING:
-    from .config import RunConfig
-
-__all__ = ["Callback", "CallbackConfig", "TrainerControl"]
+__all__ = ["Callback", "CallbackConfig", "TrainStart", "TrainSummary", "TrainerControl"]
 
 
-class CallbackConfig(BaseModel):
-    """Options of one callback, set under ``callbacks.<name>`` (e.g. ``callbacks.csv``).
+class _ReadOnlyMapping(Mapping[str, Any]):
+    """Mapping access to a dataclass's fields, for callbacks written against plain dicts."""
 
-    Frozen and strict like every plugin config, so a misspelled option is an error. The
-    callback's name is the key it is set under, so unlike task or model configs there is no
-    ``name`` field. A callback without options uses this class as it is.
-    """
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys():
+            raise KeyError(key)
+        return getattr(self, key)
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def _keys(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, eq=False)
+class TrainStart(_ReadOnlyMapping):
+    """What ``Callback.on_train_start`` receives: the run as it (re)starts."""
+
+    iteration: int
+    """The iteration the run starts from (0, or the checkpoint's on a resume)."""
+    config: RunConfig
+    metric: str
+    """The task family's metric (``mse``, ``accuracy``, ``return``); validation records carry it
+    as ``val_<metric>``."""
+    higher_is_better: bool
+    """The metric's direction (False for ``mse`` only)."""
+    best: float | None
+    """The best validation value so far, restored on resume; None before any validation."""
+
+
+@dataclass(frozen=True, eq=False)
+class TrainSummary(_ReadOnlyMapping):
+    """How a run ended: what ``Trainer.fit`` returns and ``Callback.on_train_end`` receives."""
+
+    iteration: int
+    iterations: int
+    meta_loss: float | None
+    """The last record's meta-loss (None if the run logged none)."""
+    elapsed: float
+    tasks_per_s: float
+    strategy: str
+    strategy_reason: str
+    stopped_by: str
+    """``"iterations"``, ``"time_limit"``, ``"interrupted"`` or the reason a callback gave
+    ``TrainerControl.request_stop`` (e.g. ``"early_stopping"``)."""
+    return_before: float | None = None
+    """Rollout families: the last record's mean return before adaptation, and after."""
+    return_after: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @final
@@ -119,20 +164,14 @@ class Callback:
     def control(self, control: TrainerControl) -> None:
         self._control = control
 
-    def on_train_start(self, state: Mapping[str, Any]) -> None:
-        """Before the first step (also after a resume).
+    def on_train_start(self, state: TrainStart) -> None:
+        """Before the first step (also after a resume): ``state.iteration``, ``state.best``, …"""
 
-        ``state`` has ``iteration`` (the step the run starts from), ``config`` (the
-        ``RunConfig``), ``metric`` (the task family's metric, e.g. ``"mse"``; validation records
-        carry it as ``val_<metric>``), ``higher_is_better`` (its direction) and ``best`` (the best
-        validation value so far, restored on resume; ``None`` before any validation).
+    def on_log(self, record: MetricsRecord) -> None:
+        """Every ``train.log_every`` iterations: ``record.iteration``, ``record.meta_loss``, …
+
+        A validation's record also has ``record.val`` (JSON: ``val_<metric>``).
         """
 
-    def on_log(self, record: Mapping[str, Any]) -> None:
-        """A metrics record: ``iteration``, ``meta_loss``, ``tasks_per_s``, ``elapsed``, …
-
-        Records of a validation also carry ``val_<metric>`` and ``val_<metric>_ci95``.
-        """
-
-    def on_train_end(self, summary: Mapping[str, Any]) -> None:
+    def on_train_end(self, summary: TrainSummary) -> None:
         """After the last step, the time limit or a stop request, once the checkpoint is written."""

@@ -15,16 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .plugin_config import PluginConfig
+from .config import ModelConfig
 from .task import ModelIO
 
 __all__ = ["Learner", "ModelConfig", "ModelPlugin", "Params"]
 
 Params = dict[str, Tensor]
-
-
-class ModelConfig(PluginConfig):
-    """Options every model has; a model plugin's own ``Config`` subclasses this."""
 
 
 class ModelPlugin(ABC):

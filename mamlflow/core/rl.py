@@ -17,25 +17,30 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import ClassVar, TypeVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 from torch.func import vmap
 
-from .adapter import Adapter, apply_updates
-from .config import InnerConfig
-from .rng import derive_key, uniform
-from .task import ModelIO, Split, TaskBatch, TaskConfig, TaskFamily, TaskObjective
+from .rng import derive_key, normal
+from .task import (
+    SPLITS,
+    BatchSources,
+    ModelIO,
+    Split,
+    TaskBatch,
+    TaskConfig,
+    TaskFamily,
+    TaskObjective,
+)
 
 __all__ = [
-    "PolicyTerms",
+    "Policy",
     "RolloutConfig",
     "RolloutTaskFamily",
-    "Rollouts",
     "discounted_returns",
     "gaussian_kl",
     "gaussian_log_prob",
@@ -45,15 +50,13 @@ __all__ = [
     "policy_kl",
 ]
 
+_T = TypeVar("_T")
 TensorDict = dict[str, Tensor]
 Model = Callable[[TensorDict, Tensor], Tensor]
 Policy = Callable[[Tensor, int], Tensor]
 """``act(obs, t)``: actions for observations ``(tasks, trajectories, obs_dim)`` at time ``t``."""
 
-_SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 _NOISE_STREAM = 0x5EED
-SUPPORT, QUERY = 0, 1
-"""Rollout phases of a training step; evaluation step ``k`` collects in phase ``2 + k``."""
 
 
 class RolloutConfig(TaskConfig):
@@ -174,16 +177,6 @@ def linear_baseline(obs: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     return (x @ w).squeeze(-1).view_as(returns).to(returns.dtype)
 
 
-def standard_normal(key: int, task_index: Tensor, count: int, dtype: torch.dtype) -> Tensor:
-    """``(tasks, count)`` standard normals by Box–Muller over ``rng.uniform``: keyed, stateless."""
-    half = (count + 1) // 2
-    u = uniform(key, task_index, 2 * half, dtype=torch.float64)
-    radius = torch.sqrt(-2.0 * torch.log1p(-u[:, :half]))  # 1 - u is in (0, 1]: no log(0)
-    angle = 2 * math.pi * u[:, half:]
-    z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)
-    return z[:, :count].to(dtype)
-
-
 class RolloutTaskFamily(TaskFamily):
     """A task family whose data are trajectories of a Gaussian policy in per-task environments.
 
@@ -201,6 +194,10 @@ class RolloutTaskFamily(TaskFamily):
     @property
     def io(self) -> ModelIO:
         return ModelIO((self.obs_dim,), 2 * self.act_dim, input_key="obs")
+
+    def batch_source(self, sources: BatchSources[_T]) -> _T:
+        """Trajectories collected in every task, with θ (support) and the adapted θ′ (query)."""
+        return sources.rollouts(self)
 
     @abstractmethod
     def simulate(
@@ -296,7 +293,7 @@ class RolloutTaskFamily(TaskFamily):
         """
         cfg = self.config
         params = {k: v.detach() for k, v in params.items()}
-        key = derive_key(_NOISE_STREAM, seed, _SPLITS[split], iteration, phase)
+        key = derive_key(_NOISE_STREAM, seed, SPLITS[split], iteration, phase)
         with torch.no_grad():
             data = self._simulate(batch, model, params, key, trajectories)
             if timesteps is not None:
@@ -331,7 +328,7 @@ class RolloutTaskFamily(TaskFamily):
         """One batch of ``trajectories`` per task, with exploration noise keyed by ``key``."""
         tasks, horizon = batch.num_tasks, self.config.horizon
         ref = next(iter(params.values()))
-        noise = standard_normal(
+        noise = normal(
             key, batch.task_index.cpu(), trajectories * horizon * self.act_dim, ref.dtype
         ).to(ref.device)
         noise = noise.view(tasks, trajectories, horizon, self.act_dim)
@@ -379,250 +376,3 @@ class RolloutTaskFamily(TaskFamily):
 def per_task(params: TensorDict, tasks: int) -> TensorDict:
     """θ with a task dimension (a view, no copy): every task's policy before adaptation."""
     return {k: v.detach().unsqueeze(0).expand(tasks, *v.shape) for k, v in params.items()}
-
-
-def _adapt_on_each(
-    objective: TaskObjective, adapter: Adapter, later_scale: float = 1.0
-) -> Callable[..., TensorDict]:
-    """One task's adaptation where inner step ``k`` uses its own data ``datas[k]`` (on-policy).
-
-    Evaluation collects fresh trajectories with the policy after every step, as the paper does;
-    updates after the first are multiplied by ``later_scale``.
-    """
-    from torch.func import grad
-
-    full = grad(objective)
-
-    def adapt(params: TensorDict, learnables: TensorDict, datas: Sequence[TensorDict]):
-        state = adapter.init(params, learnables)
-        keys = adapter.adapted(params)
-        for step, data in enumerate(datas):
-            g = full(params, data)
-            if keys is not None:
-                g = {k: v for k, v in g.items() if k in keys}
-            updates, state = adapter.update(g, state, params, learnables, step)
-            if step and later_scale != 1.0:
-                updates = {k: u * later_scale for k, u in updates.items()}
-            params = apply_updates(params, updates)
-        return params
-
-    return adapt
-
-
-@dataclass(frozen=True)
-class RolloutCurve:
-    """Mean return per task after 0..steps adaptation steps, and the policies that earned it."""
-
-    returns: Tensor
-    """``(tasks, steps + 1)``."""
-    adapted: TensorDict
-    """Parameters after the last step, with a task dimension."""
-
-
-class Rollouts:
-    """A run's rollout machinery: meta-batches for training and return curves for evaluation."""
-
-    def __init__(
-        self,
-        family: RolloutTaskFamily,
-        model: Model,
-        objective: TaskObjective,
-        adapter: Adapter,
-        inner: InnerConfig,
-    ) -> None:
-        self.family, self.model, self.objective = family, model, objective
-        self.adapter, self.inner = adapter, inner
-        from ..kernels import make_adapt  # the kernels import the core, not the reverse
-
-        self._adapt = make_adapt(objective, adapter, steps=inner.steps)
-
-    def meta_batch(
-        self,
-        batch: TaskBatch,
-        params: TensorDict,
-        learnables: TensorDict,
-        *,
-        seed: int,
-        iteration: int,
-    ) -> TaskBatch:
-        """Support trajectories with θ, then query trajectories with each task's adapted θ′."""
-        cfg = self.family.config
-        support = self.family.collect(
-            batch,
-            self.model,
-            per_task(params, batch.num_tasks),
-            seed=seed,
-            iteration=iteration,
-            phase=SUPPORT,
-            trajectories=cfg.shots,
-        )
-        adapted = self._adapt(params, learnables, support)
-        query = self.family.collect(
-            batch,
-            self.model,
-            adapted,
-            seed=seed,
-            iteration=iteration,
-            phase=QUERY,
-            trajectories=cfg.query,
-            record_policy=True,
-        )
-        return TaskBatch(support, query, batch.task_index, batch.info)
-
-    def curve(
-        self,
-        batch: TaskBatch,
-        params: TensorDict,
-        learnables: TensorDict,
-        *,
-        steps: int,
-        trajectories: int,
-        seed: int,
-        split: Split,
-        later_scale: float = 1.0,
-    ) -> RolloutCurve:
-        """Collect, score, adapt on what was collected, and again: the paper's evaluation."""
-        params = {k: v.detach() for k, v in params.items()}
-        learnables = {k: v.detach() for k, v in learnables.items()}
-        score = vmap(self.family.score(self.model), in_dims=(0, 0))
-        adapt = vmap(
-            _adapt_on_each(self.objective, self.adapter, later_scale), in_dims=(None, None, 0)
-        )
-        current = per_task(params, batch.num_tasks)
-        datas: list[TensorDict] = []
-        returns = []
-        for k in range(steps + 1):
-            data = self.family.collect(
-                batch,
-                self.model,
-                current,
-                seed=seed,
-                iteration=0,
-                phase=2 + k,
-                trajectories=trajectories,
-                split=split,
-                timesteps=self.family.config.eval_timesteps,
-            )
-            returns.append(score(current, data))
-            if k == steps:
-                break
-            datas.append(data)
-            with torch.no_grad():
-                current = adapt(params, learnables, datas)
-            current = {name: v.detach() for name, v in current.items()}
-        return RolloutCurve(torch.stack(returns, 1), current)
-
-
-class PolicyTerms:
-    """The meta-objective and KL of one collected meta-batch as functions of θ (and φ).
-
-    What a trust-region or clipped outer step re-evaluates: ``loss_kl`` at the leaves' current
-    values (during a line search), ``hvp`` of the mean KL at the collecting parameters, and
-    ``grad`` of the (optionally clipped) surrogate. Both terms run through the inner adaptation
-    from the support trajectories (second order unless the run is first order). Per-shard sums
-    are reduced with ``reduce`` (the sum over processes) and divided by the global meta-batch.
-    """
-
-    def __init__(
-        self,
-        rollouts: Rollouts,
-        leaves: tuple[TensorDict, TensorDict],
-        batch: TaskBatch,
-        *,
-        meta_batch_size: int,
-        first_order: bool,
-        reduce: Callable[[Tensor], Tensor] = lambda t: t,
-    ) -> None:
-        from ..kernels._policy import make_policy_terms
-
-        self.params, self.learnables = leaves
-        self.batch, self.reduce = batch, reduce
-        self.scale = 1.0 / meta_batch_size
-        fam, model = rollouts.family, rollouts.model
-        steps = rollouts.inner.steps
-        self._terms = make_policy_terms(
-            rollouts.objective,
-            fam.kl(model),
-            rollouts.adapter,
-            steps=steps,
-            first_order=first_order,
-        )
-        self._make_clipped = lambda clip: make_policy_terms(
-            policy_gradient_loss(model, clip=clip),
-            fam.kl(model),
-            rollouts.adapter,
-            steps=steps,
-            first_order=first_order,
-            inner_objective=rollouts.objective,
-        )
-        self._kl_graph: tuple[list[Tensor], list[Tensor]] | None = None
-
-    def _alias(self) -> tuple[TensorDict, TensorDict, list[Tensor]]:
-        """Autograd leaves sharing the parameters' storage: they see a line search's moves."""
-        theta = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
-        phi = {k: v.detach().requires_grad_(True) for k, v in self.learnables.items()}
-        return theta, phi, [*theta.values(), *phi.values()]
-
-    def _local(
-        self, terms: Callable[..., tuple[Tensor, Tensor]], theta: TensorDict, phi: TensorDict
-    ) -> tuple[Tensor, Tensor]:
-        b = self.batch
-        if b.num_tasks == 0:  # a process without tasks adds nothing to the sums
-            ref = next(iter(theta.values()))
-            zero = torch.zeros((), dtype=ref.dtype, device=ref.device)
-            return zero, zero
-        return terms(theta, phi, b.support, b.query)
-
-    def loss_kl(self) -> tuple[float, float]:
-        """The meta-loss and mean KL at the parameters' current values (no gradient)."""
-        with torch.no_grad():
-            loss, kl = self._local(self._terms, self.params, self.learnables)
-            both = self.reduce(torch.stack([loss, kl]).reshape(2) * self.scale)
-        return float(both[0]), float(both[1])
-
-    def hvp(self, vector: Sequence[Tensor]) -> list[Tensor]:
-        """``∇²KL · v`` at the parameters' values when first called (the trust region's metric)."""
-        if self._kl_graph is None:
-            theta, phi, leaves = self._alias()
-            _, kl = self._local(self._terms, theta, phi)
-            self._kl_graph = (leaves, _grads(kl * self.scale, leaves, create_graph=True))
-        leaves, kl_grad = self._kl_graph
-        dot = sum((g * v).sum() for g, v in zip(kl_grad, vector, strict=True))
-        local = _grads(dot, leaves, retain_graph=True)
-        return _reduce_list(local, self.reduce)
-
-    def grad(self, clip: float | None = None) -> tuple[float, float, list[Tensor]]:
-        """Meta-loss, mean KL and the meta-gradient of the (clipped) surrogate, at the values."""
-        theta, phi, leaves = self._alias()
-        terms = self._terms if clip is None else self._make_clipped(clip)
-        loss, kl = self._local(terms, theta, phi)
-        grads = _grads(loss * self.scale, leaves)
-        both = self.reduce(torch.stack([loss.detach(), kl.detach()]).reshape(2) * self.scale)
-        return float(both[0]), float(both[1]), _reduce_list(grads, self.reduce)
-
-    def release(self) -> None:
-        """Drop the KL graph ``hvp`` keeps (call once the outer step has moved the parameters)."""
-        self._kl_graph = None
-
-
-def _grads(
-    total: Tensor, leaves: list[Tensor], *, create_graph: bool = False, retain_graph: bool = False
-) -> list[Tensor]:
-    if not isinstance(total, Tensor) or not total.requires_grad:
-        return [torch.zeros_like(leaf) for leaf in leaves]
-    got = torch.autograd.grad(
-        total,
-        leaves,
-        allow_unused=True,
-        create_graph=create_graph,
-        retain_graph=retain_graph or create_graph,
-    )
-    return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, got, strict=True)]
-
-
-def _reduce_list(tensors: list[Tensor], reduce: Callable[[Tensor], Tensor]) -> list[Tensor]:
-    flat = reduce(torch.cat([t.reshape(-1) for t in tensors]))
-    return [
-        piece.view_as(t)
-        for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)
-    ]

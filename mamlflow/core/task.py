@@ -15,15 +15,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from .plugin_config import PluginConfig
+from .config import TaskConfig
+
+if TYPE_CHECKING:
+    from .rl import RolloutTaskFamily
 
 __all__ = [
+    "SPLITS",
+    "BatchSources",
     "Metric",
     "ModelIO",
     "Split",
@@ -35,6 +39,9 @@ __all__ = [
 ]
 
 Split = Literal["train", "val", "test"]
+"""Training tasks, validation tasks (``train.val_every``) and test tasks (``metaflow eval``)."""
+SPLITS: Mapping[Split, int] = {"train": 0, "val": 1, "test": 2}
+"""Each split's number, to fold into random keys so no held-out task is ever trained on."""
 Metric = Literal["mse", "accuracy", "return"]
 TensorDict = dict[str, Tensor]
 TaskObjective = Callable[[TensorDict, Mapping[str, Tensor]], Tensor]
@@ -127,15 +134,19 @@ class TaskBatch:
         )
 
 
-class TaskConfig(PluginConfig):
-    """Options every task family has; a family's own ``Config`` subclasses this."""
+_T_co = TypeVar("_T_co", covariant=True)
 
-    shots: int = Field(
-        10, ge=1, description="support examples per task (per class for classification)"
-    )
-    query: int = Field(
-        10, ge=1, description="query examples per task (per class for classification)"
-    )
+
+class BatchSources(Protocol[_T_co]):
+    """The ways an engine turns a family's tasks into meta-batches; see ``batch_source``."""
+
+    def sampled(self, family: TaskFamily) -> _T_co:
+        """Meta-batches as ``family.sample`` returns them (supervised families)."""
+        ...
+
+    def rollouts(self, family: RolloutTaskFamily) -> _T_co:
+        """Meta-batches of trajectories ``family`` collects with θ and the adapted θ′."""
+        ...
 
 
 class TaskFamily(ABC):
@@ -188,6 +199,14 @@ class TaskFamily(ABC):
     @abstractmethod
     def score(self, model: Callable[[TensorDict, Tensor], Tensor]) -> TaskObjective:
         """The per-task evaluation metric ``(params, data) -> scalar`` named by ``metric``."""
+
+    def batch_source(self, sources: BatchSources[_T_co]) -> _T_co:
+        """Which of the engine's ``sources`` makes this family's meta-batches: ``sampled``.
+
+        The engine asks once per run. ``RolloutTaskFamily`` answers ``rollouts``; a family
+        defines its data by ``sample`` (or ``simulate``), never by overriding this.
+        """
+        return sources.sampled(self)
 
     def manifest(self) -> dict[str, Any]:
         """Facts about the data a run uses (e.g. which classes each split holds), JSON-ready.

@@ -1,37 +1,101 @@
-"""Meta-step kernels: batched and compiled ``torch.func`` paths and their reference loop."""
+"""Meta-step kernels and data kernels, each with a readable reference twin.
+
+* Meta-steps (``make_meta_step``): batched and compiled ``torch.func`` strategies of the MAML
+  step and their per-task reference loop; ``select_meta_step`` picks one by measuring
+  (``kernel.strategy=auto``). Reptile's own kernels (``make_reptile_step``), the policy terms
+  TRPO and PPO re-evaluate (``make_policy_terms``), and adaptation without a meta-gradient
+  (``make_adapt``, ``make_adapt_curve``, ``make_adapt_on_each``).
+* Data: the numba N-way K-shot episode sampler (``sample_episodes``) and its NumPy twin
+  (``sample_episodes_reference``). numba is imported on the first call of ``sample_episodes``
+  or ``numba_available``, never by importing this package.
+
+This module is the package's only entrance from outside it.
+"""
 
 from __future__ import annotations
 
-from ._maml import (
-    STRATEGIES as STRATEGIES,
-)
-from ._maml import (
-    AdaptFn as AdaptFn,
-)
-from ._maml import (
-    MetaStep as MetaStep,
-)
-from ._maml import (
-    StepResult as StepResult,
-)
-from ._maml import (
-    Strategy as Strategy,
-)
-from ._maml import (
-    exact_float32 as exact_float32,
-)
-from ._maml import (
-    make_adapt as make_adapt,
-)
-from ._maml import (
-    make_adapt_curve as make_adapt_curve,
-)
-from ._maml import (
-    make_meta_step as make_meta_step,
-)
+import numpy as np
+
+from ..core import STRATEGIES as STRATEGIES
+from ..core import MetaStep as MetaStep
+from ..core import MetaStepFactory as MetaStepFactory
+from ..core import StepResult as StepResult
+from ..core import Strategy as Strategy
+from ._episodes_ref import Episodes as Episodes
+from ._episodes_ref import sample_episodes_reference as sample_episodes_reference
+from ._inner import Adaptation as Adaptation
+from ._inner import adaptation as adaptation
+from ._maml import AdaptFn as AdaptFn
+from ._maml import exact_float32 as exact_float32
+from ._maml import make_adapt as make_adapt
+from ._maml import make_adapt_curve as make_adapt_curve
+from ._maml import make_adapt_on_each as make_adapt_on_each
+from ._maml import make_meta_step as make_meta_step
+from ._policy import PolicyTermsFn as PolicyTermsFn
+from ._policy import make_policy_terms as make_policy_terms
+from ._reptile import REPTILE_STRATEGIES as REPTILE_STRATEGIES
+from ._reptile import InnerData as InnerData
+from ._reptile import make_reptile_step as make_reptile_step
 from ._select import AUTO_COMPILE_MIN_SECONDS as AUTO_COMPILE_MIN_SECONDS
 from ._select import COMPILED_STRATEGIES as COMPILED_STRATEGIES
-from ._select import MetaStepFactory as MetaStepFactory
 from ._select import Selection as Selection
 from ._select import clear_selection_cache as clear_selection_cache
 from ._select import select_meta_step as select_meta_step
+
+__all__ = [
+    "AUTO_COMPILE_MIN_SECONDS",
+    "COMPILED_STRATEGIES",
+    "REPTILE_STRATEGIES",
+    "STRATEGIES",
+    "AdaptFn",
+    "Adaptation",
+    "Episodes",
+    "InnerData",
+    "MetaStep",
+    "MetaStepFactory",
+    "PolicyTermsFn",
+    "Selection",
+    "StepResult",
+    "Strategy",
+    "adaptation",
+    "clear_selection_cache",
+    "exact_float32",
+    "make_adapt",
+    "make_adapt_curve",
+    "make_adapt_on_each",
+    "make_meta_step",
+    "make_policy_terms",
+    "make_reptile_step",
+    "numba_available",
+    "sample_episodes",
+    "sample_episodes_reference",
+    "select_meta_step",
+]
+
+
+def sample_episodes(
+    images: np.ndarray,
+    pool: np.ndarray,
+    key: int,
+    task_index: np.ndarray,
+    ways: int,
+    shots: int,
+    queries: int,
+    *,
+    parallel: bool = False,
+) -> Episodes:
+    """Gather N-way K-shot episodes with the numba kernel, bit-identical to the NumPy twin.
+
+    See ``sample_episodes_reference`` for the arguments; call ``numba_available()`` first.
+    ``parallel`` spreads the tasks over numba's threads (slower on a small shared CPU).
+    """
+    from ._episodes import sample_episodes as kernel  # imports numba
+
+    return kernel(images, pool, key, task_index, ways, shots, queries, parallel=parallel)
+
+
+def numba_available() -> bool:
+    """Whether the numba episode kernel runs here and matches its twin (checked once)."""
+    from ._episodes import numba_available as probe  # imports numba
+
+    return probe()

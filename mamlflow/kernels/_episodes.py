@@ -166,6 +166,8 @@ def sample_episodes(
     ways: int,
     shots: int,
     queries: int,
+    *,
+    parallel: bool = PARALLEL,
 ) -> Episodes:
     """Gather ``len(task_index)`` N-way K-shot episodes (with ``queries`` per class).
 
@@ -176,6 +178,8 @@ def sample_episodes(
     bit-identical to ``_episodes_ref.sample_episodes_reference``. Raises ``ValueError`` for
     arguments it cannot sample from. Call ``numba_available()`` first: without a working numba
     this runs the kernel as plain Python, pixel by pixel: correct, but far slower than the twin.
+    ``parallel`` runs the tasks on numba's threads (compiled on first use, not cached on disk;
+    see ``PARALLEL`` for why it is off by default).
     """
     key, ways, shots, queries = check_arguments(images, pool, key, task_index, ways, shots, queries)
     n, (height, width) = len(task_index), images.shape[2:]
@@ -188,8 +192,9 @@ def sample_episodes(
         drawings=np.empty((n, ways, shots + queries), np.int64),
     )
     # Under NUMBA_DISABLE_JIT the kernel runs on NumPy uint64 scalars, which warn as they wrap.
+    kernel = _parallel_kernel() if parallel and not PARALLEL else _sample_kernel
     with np.errstate(over="ignore"):
-        _sample_kernel(
+        kernel(
             images,
             np.ascontiguousarray(pool),
             np.uint64(key),
@@ -203,6 +208,14 @@ def sample_episodes(
             out.query_y,
         )
     return out
+
+
+@functools.cache
+def _parallel_kernel() -> Callable[..., None]:
+    """``_sample_kernel`` compiled with ``prange`` on threads (the plain one without numba)."""
+    if numba is None:
+        return _sample_kernel
+    return numba.njit(parallel=True)(_sample_kernel.py_func)  # type: ignore[attr-defined]
 
 
 @functools.cache

@@ -27,7 +27,7 @@ from itertools import islice
 
 import numpy as np
 
-from ..core.rng import _mix_int
+from ..core import rng
 
 __all__ = ["Episodes", "below", "sample_episodes_reference", "task_stream"]
 
@@ -82,10 +82,10 @@ def _draw_distinct(next_draw: Callable[[], int], n: int, count: int) -> list[int
 
 def _stream(key: int, task_index: int) -> Iterator[int]:
     """An endless iterator over the task's draws ``u_0, u_1, …``."""
-    row = _mix_int((task_index & _MASK) ^ key)
+    row = rng.mix64((task_index & _MASK) ^ key)
     j = 0
     while True:
-        yield _mix_int((row + j) & _MASK)
+        yield rng.mix64((row + j) & _MASK)
         j += 1
 
 

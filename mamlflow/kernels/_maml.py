@@ -39,18 +39,27 @@ The strategies (``STRATEGIES``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import grad, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
-from ..core.adapter import Adapter, apply_updates
-from ..core.errors import ConfigError
-from ..core.task import StagedObjective, TaskObjective
+from ..core import (
+    STRATEGIES,
+    Adapter,
+    ConfigError,
+    Data,
+    MetaStep,
+    StagedObjective,
+    StepResult,
+    Strategy,
+    TaskObjective,
+    apply_updates,
+)
+from ._inner import adaptation, stop_gradient
 
 __all__ = [
     "STRATEGIES",
@@ -65,22 +74,6 @@ __all__ = [
 ]
 
 Params = dict[str, Tensor]
-Data = Mapping[str, Tensor]
-Strategy = Literal["loop", "batched", "compiled", "compiled-loop", "compiled-split", "cudagraphs"]
-STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """Scaled loss of the shard (detached) and its gradients w.r.t. θ and φ."""
-
-    loss: Tensor
-    grads: Params
-    learnable_grads: Params
-
-
-MetaStep = Callable[[Params, Params, Data, Data, "Tensor | float"], StepResult]
-"""``(θ, φ, support, query, scale) -> StepResult``; ``scale`` is a vector for a multi-step loss."""
 AdaptFn = Callable[[Params, Params, Data], Params]
 
 
@@ -105,51 +98,16 @@ def exact_float32(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
 
 
-def _stop_gradient(tree: Params) -> Params:
-    return {k: v.detach() for k, v in tree.items()}
-
-
-def _inner_grad(objective: TaskObjective, adapter: Adapter) -> Callable[[Params, Data], Params]:
-    """``∇ L_support`` with respect to the parameters the adapter adapts (all, by default)."""
-    full = grad(objective)
-
-    def inner_grad(params: Params, data: Data) -> Params:
-        keys = adapter.adapted(params)
-        if keys is None:
-            return full(params, data)
-        fixed = {k: v for k, v in params.items() if k not in keys}
-
-        def partial(sub: Params) -> Tensor:
-            return objective({**fixed, **sub}, data)
-
-        return grad(partial)({k: v for k, v in params.items() if k in keys})
-
-    return inner_grad
-
-
 def _trajectory(
     objective: TaskObjective, adapter: Adapter, steps: int, first_order: bool
 ) -> Callable[[Params, Params, Data], tuple[Params, ...]]:
-    """One task's adaptation: the parameters after each inner step (θ itself when steps is 0).
+    """One task's adaptation: the parameters after each inner step (θ itself when steps is 0)."""
+    adapt = adaptation(objective, adapter, first_order=first_order)
 
-    Written with ``torch.func.grad`` so it nests under vmap and grad.
-    """
-    inner_grad = _inner_grad(objective, adapter)
+    def trajectory(params: Params, learnables: Params, support: Data) -> tuple[Params, ...]:
+        return tuple(adapt(params, learnables, [support] * steps)) if steps else (params,)
 
-    def adapt(params: Params, learnables: Params, support: Data) -> tuple[Params, ...]:
-        state = adapter.init(params, learnables)
-        path = [params]
-        for step in range(steps):  # unrolled: ``steps`` is a Python int
-            g = inner_grad(params, support)
-            if first_order:
-                # FOMAML: treat the inner gradient as a constant of θ.
-                g = _stop_gradient(g)
-            updates, state = adapter.update(g, state, params, learnables, step)
-            params = apply_updates(params, updates)
-            path.append(params)
-        return tuple(path[1:]) if steps else tuple(path)
-
-    return adapt
+    return trajectory
 
 
 def _inner_loop(
@@ -299,7 +257,7 @@ def _loop_step(
 
 def _channels_last(tree: Params) -> Params:
     """4-D tensors (conv weights, image batches) in the layout oneDNN and cuDNN are fastest in."""
-    return _channels_last_view(_stop_gradient(tree))
+    return _channels_last_view(stop_gradient(tree))
 
 
 def _compiled_loop_step(
@@ -535,7 +493,7 @@ def make_adapt(objective: TaskObjective, adapter: Adapter, *, steps: int) -> Ada
     adapt = vmap(_inner_loop(objective, adapter, steps, True), in_dims=(None, None, 0))
 
     def run(params: Params, learnables: Params, support: Data) -> Params:
-        return _stop_gradient(adapt(_stop_gradient(params), _stop_gradient(learnables), support))
+        return stop_gradient(adapt(stop_gradient(params), stop_gradient(learnables), support))
 
     return run
 
@@ -554,26 +512,40 @@ def make_adapt_curve(
     parameters after the last step (leading task dimension). Updates after the first step are
     multiplied by ``later_scale`` (``eval.later_steps_lr_scale``).
     """
-    inner_grad = _inner_grad(objective, adapter)
+    adapt = adaptation(objective, adapter, first_order=True, later_scale=later_scale)
 
     def curve(params: Params, learnables: Params, support: Data, query: Data):
-        state = adapter.init(params, learnables)
-        scores = [score(params, query)]
-        for step in range(steps):
-            g = _stop_gradient(inner_grad(params, support))
-            updates, state = adapter.update(g, state, params, learnables, step)
-            if step and later_scale != 1.0:
-                updates = {k: u * later_scale for k, u in updates.items()}
-            params = apply_updates(params, updates)
-            scores.append(score(params, query))
-        return torch.stack(scores), params
+        path = adapt(params, learnables, [support] * steps)
+        scores = [score(p, query) for p in [params, *path]]
+        return torch.stack(scores), path[-1] if path else params
 
     batched = vmap(curve, in_dims=(None, None, 0, 0))
 
     def run(params: Params, learnables: Params, support: Data, query: Data):
-        scores, adapted = batched(
-            _stop_gradient(params), _stop_gradient(learnables), support, query
-        )
-        return scores.detach(), _stop_gradient(adapted)
+        scores, adapted = batched(stop_gradient(params), stop_gradient(learnables), support, query)
+        return scores.detach(), stop_gradient(adapted)
+
+    return run
+
+
+def make_adapt_on_each(
+    objective: TaskObjective, adapter: Adapter, *, later_scale: float = 1.0
+) -> Callable[[Params, Params, list[Data]], Params]:
+    """Adapt every task where inner step ``k`` uses its own data ``datas[k]`` (no meta-gradient).
+
+    Reinforcement learning's evaluation collects fresh trajectories with the policy after every
+    step, as the paper does. Returns the parameters after the last step (leading task dim).
+    """
+    adapt = adaptation(objective, adapter, first_order=True, later_scale=later_scale)
+
+    def last(params: Params, learnables: Params, datas: list[Data]) -> Params:
+        return adapt(params, learnables, datas)[-1]
+
+    batched = vmap(last, in_dims=(None, None, 0))
+
+    def run(params: Params, learnables: Params, datas: list[Data]) -> Params:
+        with torch.no_grad():
+            adapted = batched(stop_gradient(params), stop_gradient(learnables), datas)
+        return stop_gradient(adapted)
 
     return run

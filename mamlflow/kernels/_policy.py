@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from ..core.adapter import Adapter, apply_updates
-from ..core.task import TaskObjective
+from ..core import Adapter, TaskObjective, apply_updates
 from ._maml import _inner_loop
 
 __all__ = ["PolicyTermsFn", "make_policy_terms"]

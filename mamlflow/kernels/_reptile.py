@@ -26,19 +26,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from ..core.adapter import Adapter, apply_updates
-from ..core.task import TaskObjective
-from ._maml import (
-    Data,
-    MetaStep,
-    Params,
-    ScaleTensors,
-    StepResult,
-    Strategy,
-    _autocast_step,
-    _inner_loop,
-    _own_code,
-)
+from ..core import Adapter, Data, MetaStep, StepResult, Strategy, TaskObjective, apply_updates
+from ._maml import Params, ScaleTensors, _autocast_step, _inner_loop, _own_code
 
 __all__ = ["REPTILE_STRATEGIES", "InnerData", "make_reptile_step"]
 

@@ -24,17 +24,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from ..core.adapter import Adapter
-from ..core.errors import ConfigError
-from ..core.task import TaskObjective
-from ._maml import STRATEGIES, MetaStep, StepResult, Strategy, exact_float32, make_meta_step
+from ..core import (
+    STRATEGIES,
+    Adapter,
+    ConfigError,
+    MetaStep,
+    MetaStepFactory,
+    StepResult,
+    Strategy,
+    TaskObjective,
+)
+from ._maml import exact_float32, make_meta_step
 
 __all__ = [
     "AUTO_COMPILE_MIN_SECONDS",
@@ -155,22 +161,6 @@ def _signature(
     )
 
 
-class MetaStepFactory(Protocol):
-    """``make_meta_step``'s signature: how an algorithm supplies kernels of its own."""
-
-    def __call__(
-        self,
-        objective: TaskObjective,
-        adapter: Adapter,
-        *,
-        steps: int,
-        first_order: bool,
-        strategy: Strategy,
-        autocast: torch.dtype | None = None,
-        multi_step: bool = False,
-    ) -> MetaStep: ...
-
-
 def _twins(winner: Strategy, device: torch.device) -> tuple[Strategy, ...]:
     if winner == "loop":
         return ("compiled-split", "compiled-loop")
@@ -231,47 +221,80 @@ def select_meta_step(
             multi_step=multi_step,
         )
 
-    if requested in STRATEGIES:
-        strategy: Strategy = requested  # type: ignore[assignment]  # narrowed just above
-        if strategy not in strategies:
-            raise ConfigError(
-                [
-                    f"kernel.strategy: this algorithm has no {strategy} kernel; use auto or one "
-                    f"of {', '.join(s for s in STRATEGIES if s in strategies)}"
-                ]
-            )
-        return Selection(strategy, build(strategy), "requested")
     if requested != "auto":
+        strategy = _requested(requested, strategies)
+        return Selection(strategy, build(strategy), "requested")
+    key = None
+    if signature is not None:
+        key = _signature(signature, probe, steps, first_order, multi_step)
+    cached = key is not None and key in _CACHE
+    candidates = _Candidates(
+        build, probe, _unit(probe, steps, multi_step), autocast, _CACHE.get(key) or _Measured()
+    )
+    if not cached:
+        candidates.measure("loop")
+        if "batched" in strategies:
+            candidates.measure("batched")
+    chosen, reason = _choose(candidates, strategies, remaining_iterations, time_left)
+    if key is not None:
+        _CACHE[key] = candidates.measured
+    if cached:
+        reason = f"cached: {reason}"
+    return Selection(chosen, candidates.step(chosen), reason, dict(candidates.measured.seconds))
+
+
+def _requested(requested: str, strategies: Collection[Strategy]) -> Strategy:
+    """An explicitly requested strategy, if it exists and the algorithm implements it."""
+    if requested not in STRATEGIES:
         raise ValueError(
             f"unknown kernel strategy {requested!r}; use auto or one of {', '.join(STRATEGIES)}"
         )
-    unit: Tensor | float = 1.0
-    if multi_step:
-        ref = next(iter(probe[0].values()))
-        unit = torch.full((steps,), 1.0 / steps, dtype=ref.dtype, device=ref.device)
+    strategy: Strategy = requested  # type: ignore[assignment]  # narrowed just above
+    if strategy not in strategies:
+        raise ConfigError(
+            [
+                f"kernel.strategy: this algorithm has no {strategy} kernel; use auto or one "
+                f"of {', '.join(s for s in STRATEGIES if s in strategies)}"
+            ]
+        )
+    return strategy
 
-    device = next(iter(probe[0].values())).device
-    key = (
-        _signature(signature, probe, steps, first_order, multi_step)
-        if signature is not None
-        else None
-    )
-    measured = _CACHE.get(key) if key is not None else None
-    cached = measured is not None
-    if measured is None:
-        measured = _Measured()
-    seconds, rejected = measured.seconds, measured.rejected
-    steps_built: dict[str, MetaStep] = {}
 
+def _unit(probe: Probe, steps: int, multi_step: bool) -> Tensor | float:
+    """The ``scale`` candidates are measured with: 1, or equal weights of a multi-step loss."""
+    if not multi_step:
+        return 1.0
+    ref = next(iter(probe[0].values()))
+    return torch.full((steps,), 1.0 / steps, dtype=ref.dtype, device=ref.device)
+
+
+@dataclass
+class _Candidates:
+    """The meta-steps ``auto`` builds, checks against the loop and times on one probe."""
+
+    build: Callable[..., MetaStep]
+    probe: Probe
+    unit: Tensor | float
+    autocast: torch.dtype | None
+    measured: _Measured
+    built: dict[str, MetaStep] = field(default_factory=dict)
     reference: StepResult | None = None
 
-    def try_candidate(strategy: Strategy) -> None:
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.probe[0].values())).device
+
+    def step(self, strategy: Strategy) -> MetaStep:
+        """The step built for ``strategy`` while measuring, or a new one."""
+        return self.built.get(strategy) or self.build(strategy)
+
+    def measure(self, strategy: Strategy) -> None:
         """Build, check against the loop and time ``strategy``, recording what happened."""
-        nonlocal reference
-        step = steps_built[strategy] = build(strategy)
-        exact = step if autocast is None else build(strategy, None)
+        probe, unit, rejected = self.probe, self.unit, self.measured.rejected
+        step = self.built[strategy] = self.build(strategy)
+        exact = step if self.autocast is None else self.build(strategy, None)
         try:
-            with exact_float32(device):  # parity in IEEE float32, timing as configured
+            with exact_float32(self.device):  # parity in IEEE float32, timing as configured
                 result = exact(*probe, unit)  # compiles a compiled strategy
             if exact is not step:
                 step(*probe, unit)  # compiles the autocast twin: its failures count too
@@ -282,66 +305,63 @@ def select_meta_step(
             log.warning("kernel %s %s", strategy, rejected[strategy])
             return
         if strategy == "loop":
-            reference = result
-        else:
-            assert reference is not None
-            if not (
-                _close(result.grads, reference.grads)
-                and _close(result.learnable_grads, reference.learnable_grads)
-            ):
-                rejected[strategy] = "meta-gradient disagrees with the loop"
-                log.warning("kernel %s: %s on the probe", strategy, rejected[strategy])
-                return
-        seconds[strategy] = _seconds_per_step(strategy, step, probe, unit)
+            self.reference = result
+        elif not self._matches_loop(result):
+            rejected[strategy] = "meta-gradient disagrees with the loop"
+            log.warning("kernel %s: %s on the probe", strategy, rejected[strategy])
+            return
+        self.measured.seconds[strategy] = _seconds_per_step(strategy, step, probe, unit)
 
-    if not cached:
-        try_candidate("loop")
-        if "batched" in strategies:
-            try_candidate("batched")
+    def _matches_loop(self, result: StepResult) -> bool:
+        reference = self.reference
+        assert reference is not None  # the loop is always measured first
+        return _close(result.grads, reference.grads) and _close(
+            result.learnable_grads, reference.learnable_grads
+        )
 
-    def fastest(pool: Mapping[str, float]) -> Strategy:
-        return min(pool, key=pool.__getitem__)  # type: ignore[return-value]
 
+def _fastest(pool: Mapping[str, float]) -> Strategy:
+    return min(pool, key=pool.__getitem__)  # type: ignore[return-value]
+
+
+def _choose(
+    candidates: _Candidates,
+    strategies: Collection[Strategy],
+    remaining_iterations: int,
+    time_left: float | None,
+) -> tuple[Strategy, str]:
+    """The fastest eager candidate, or its compiled twin where the run repays a compile."""
+    seconds, rejected = candidates.measured.seconds, candidates.measured.rejected
     eager = {k: v for k, v in seconds.items() if k not in COMPILED_STRATEGIES}
-    winner = fastest(eager)
+    winner = _fastest(eager)
     timing = ", ".join(f"{k} {_ms(v)}" for k, v in eager.items()) + " per step"
     if "batched" in rejected:
         timing += f"; batched {rejected['batched']}"
     elif winner == "loop":
         timing += ": batching does not pay here"
-
     budget = remaining_iterations
     if time_left is not None:
         # A time-limited run only gets as many steps as fit in its budget.
         budget = min(budget, int(time_left / eager[winner]))
     eager_seconds = budget * eager[winner]
-    chosen: Strategy = winner
     if eager_seconds < AUTO_COMPILE_MIN_SECONDS:
-        reason = (
+        return winner, (
             f"{timing}; {budget} iterations (~{eager_seconds:.0f} s): too few to repay a compile"
         )
-    else:
-        twins = tuple(t for t in _twins(winner, device) if t in strategies)
-        if not twins and "compiled" in strategies:
-            twins = ("compiled",)  # an algorithm without the per-task compiled kernels
-        if measured.eager_only:
-            for twin in twins:
-                try_candidate(twin)
-            measured.eager_only = False
-        compiled = {k: seconds[k] for k in twins if k in seconds}
-        parts = [f"{k} {_ms(v)}" for k, v in compiled.items()]
-        parts += [f"{k} {why}" for k, why in rejected.items() if k in twins]
-        reason = f"{timing}, " + ", ".join(parts)
-        if compiled:
-            best = fastest(compiled)
-            if compiled[best] <= TIE * eager[winner]:
-                chosen = best
-                reason += f"; {best} matches the loop on the probe"
-            else:
-                reason += "; compiling does not pay here"
-    if key is not None:
-        _CACHE[key] = measured
-    if cached:
-        reason = f"cached: {reason}"
-    step = steps_built.get(chosen) or build(chosen)
-    return Selection(chosen, step, reason, dict(seconds))
+    twins = tuple(t for t in _twins(winner, candidates.device) if t in strategies)
+    if not twins and "compiled" in strategies:
+        twins = ("compiled",)  # an algorithm without the per-task compiled kernels
+    if candidates.measured.eager_only:
+        for twin in twins:
+            candidates.measure(twin)
+        candidates.measured.eager_only = False
+    compiled = {k: seconds[k] for k in twins if k in seconds}
+    parts = [f"{k} {_ms(v)}" for k, v in compiled.items()]
+    parts += [f"{k} {why}" for k, why in rejected.items() if k in twins]
+    reason = f"{timing}, " + ", ".join(parts)
+    if not compiled:
+        return winner, reason
+    best = _fastest(compiled)
+    if compiled[best] <= TIE * eager[winner]:
+        return best, f"{reason}; {best} matches the loop on the probe"
+    return winner, f"{reason}; compiling does not pay here"

@@ -1,7 +1,7 @@
 """Building blocks for image datasets: find the raw files, check and download zip archives, cache
 the decoded arrays.
 
-Nothing here knows a particular dataset. A dataset module (``_omniglot_data``) names its archives
+Nothing here knows a particular dataset. A dataset module (``omniglot._data``) names its archives
 and their layout and calls these helpers. Every failure is a one-line :class:`DataError` that says
 what was found and how to fix it.
 """
@@ -26,8 +26,7 @@ from typing import Any, final
 
 import numpy as np
 
-from mamlflow.core._io import atomic_write
-from mamlflow.core.errors import DataError
+from mamlflow.core import DataError, atomic_write
 
 __all__ = [
     "DATA_ENV",

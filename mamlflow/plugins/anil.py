@@ -23,13 +23,22 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mamlflow.core.adapter import Adapter, AdapterState, Params, sgd
-from mamlflow.core.algorithm import Algorithm, AlgorithmConfig
-from mamlflow.core.config import InnerConfig, Preset
-from mamlflow.core.errors import ConfigError
-from mamlflow.core.hookspecs import hookimpl
-from mamlflow.core.learner import Learner
-from mamlflow.core.task import StagedObjective, TaskFamily, TaskObjective
+from mamlflow.core import (
+    Adapter,
+    AdapterState,
+    Algorithm,
+    AlgorithmConfig,
+    ConfigError,
+    InnerConfig,
+    Learner,
+    Params,
+    Preset,
+    StagedObjective,
+    TaskFamily,
+    TaskObjective,
+    hookimpl,
+    sgd,
+)
 from mamlflow.plugins.omniglot import PRESETS as OMNIGLOT_PRESETS
 
 __all__ = ["ANIL", "ANILConfig", "HeadOnly"]

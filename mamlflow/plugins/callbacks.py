@@ -6,20 +6,26 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field
 
-from mamlflow.core._io import atomic_write
-from mamlflow.core.callbacks import Callback, CallbackConfig
-from mamlflow.core.checkpoint import BEST_CHECKPOINT_NAME
-from mamlflow.core.errors import ConfigError
-from mamlflow.core.hookspecs import hookimpl
+from mamlflow.core import (
+    Callback,
+    CallbackConfig,
+    ConfigError,
+    MetricsRecord,
+    TrainStart,
+    TrainSummary,
+    atomic_write,
+    hookimpl,
+    rundir,
+)
 
 if TYPE_CHECKING:
-    from mamlflow.core.config import RunConfig
+    from mamlflow.core import RunConfig
 
 __all__ = [
     "EarlyStopping",
@@ -29,23 +35,9 @@ __all__ = [
     "TensorBoard",
     "TensorBoardConfig",
     "read_csv_records",
-    "read_records",
 ]
 
 log = logging.getLogger("mamlflow.callbacks")
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a line cut short by a crash is skipped, not an error."""
-    records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("iteration"), int):
-            records.append(record)
-    return records
 
 
 class MetricsJSONL(Callback):
@@ -53,23 +45,22 @@ class MetricsJSONL(Callback):
 
     name: ClassVar[str] = "metrics"
     description: ClassVar[str] = "append every metrics record to metrics.jsonl"
-    filename: ClassVar[str] = "metrics.jsonl"
+    filename: ClassVar[str] = rundir.METRICS
 
-    def on_train_start(self, state: Mapping[str, Any]) -> None:
+    def on_train_start(self, state: TrainStart) -> None:
         path = self.run_dir / self.filename
-        iteration = int(state["iteration"])
         if path.exists():
             # A resumed run repeats the steps after its last checkpoint: drop their old records
             # so the file reads as one uninterrupted run. Atomically: a crash here must not
             # lose the records that are kept.
-            kept = [r for r in read_records(path) if r["iteration"] <= iteration]
+            kept = [r for r in rundir.read_records(path) if r["iteration"] <= state.iteration]
             atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         self._file = path.open("a", buffering=1)
 
-    def on_log(self, record: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps(dict(record)) + "\n")
+    def on_log(self, record: MetricsRecord) -> None:
+        self._file.write(json.dumps(record.as_json()) + "\n")
 
-    def on_train_end(self, summary: Mapping[str, Any]) -> None:
+    def on_train_end(self, summary: TrainSummary) -> None:
         self._file.close()
 
 
@@ -105,28 +96,29 @@ class MetricsCSV(Callback):
 
     name: ClassVar[str] = "csv"
     description: ClassVar[str] = "write every metrics record as a row of metrics.csv"
-    filename: ClassVar[str] = "metrics.csv"
+    filename: ClassVar[str] = rundir.METRICS_CSV
 
-    def on_train_start(self, state: Mapping[str, Any]) -> None:
+    def on_train_start(self, state: TrainStart) -> None:
         self._path = self.run_dir / self.filename
-        iteration = int(state["iteration"])
+        iteration = state.iteration
         self._columns, rows = read_csv_records(self._path)
         if self._path.exists():
             # As for metrics.jsonl: a resumed run drops the rows after its checkpoint.
             self._rewrite([r for r in rows if int(r["iteration"]) <= iteration])
         self._open()
 
-    def on_log(self, record: Mapping[str, Any]) -> None:
-        new = [key for key in record if key not in self._columns]
+    def on_log(self, record: MetricsRecord) -> None:
+        row = record.as_json()
+        new = [key for key in row if key not in self._columns]
         if new:
             self._file.close()
             _, rows = read_csv_records(self._path)
             self._columns += new
             self._rewrite(rows)
             self._open()
-        self._writer.writerow(record)
+        self._writer.writerow(row)
 
-    def on_train_end(self, summary: Mapping[str, Any]) -> None:
+    def on_train_end(self, summary: TrainSummary) -> None:
         self._file.close()
 
     def _open(self) -> None:
@@ -165,7 +157,7 @@ class TensorBoard(Callback):
     )
     Config: ClassVar[type[CallbackConfig]] = TensorBoardConfig
     config: TensorBoardConfig
-    subdir: ClassVar[str] = "tensorboard"
+    subdir: ClassVar[str] = rundir.TENSORBOARD
 
     def __init__(self, run_dir: Path, config: CallbackConfig | None = None) -> None:
         super().__init__(run_dir, config)
@@ -184,8 +176,8 @@ class TensorBoard(Callback):
             ) from None
         self._writer_class = SummaryWriter
 
-    def on_train_start(self, state: Mapping[str, Any]) -> None:
-        iteration = int(state["iteration"])
+    def on_train_start(self, state: TrainStart) -> None:
+        iteration = state.iteration
         self._writer = self._writer_class(
             log_dir=str(self.run_dir / self.subdir),
             # A resumed run repeats the steps after its checkpoint: TensorBoard hides the old
@@ -194,15 +186,15 @@ class TensorBoard(Callback):
             flush_secs=self.config.flush_secs,
         )
 
-    def on_log(self, record: Mapping[str, Any]) -> None:
-        step = int(record["iteration"])
-        for key, value in record.items():
+    def on_log(self, record: MetricsRecord) -> None:
+        step = record.iteration
+        for key, value in record.as_json().items():
             if key == "iteration" or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
             self._writer.add_scalar(tag, value, step)
 
-    def on_train_end(self, summary: Mapping[str, Any]) -> None:
+    def on_train_end(self, summary: TrainSummary) -> None:
         self._writer.close()
 
 
@@ -241,14 +233,14 @@ class EarlyStopping(Callback):
             )
         return None
 
-    def on_train_start(self, state: Mapping[str, Any]) -> None:
-        self._key = f"val_{state['metric']}"
-        self._higher_is_better = bool(state["higher_is_better"])
-        self._best: float | None = state["best"]
+    def on_train_start(self, state: TrainStart) -> None:
+        self._key = f"val_{state.metric}"
+        self._higher_is_better = state.higher_is_better
+        self._best: float | None = state.best
         self._waited = 0
 
-    def on_log(self, record: Mapping[str, Any]) -> None:
-        value = record.get(self._key)
+    def on_log(self, record: MetricsRecord) -> None:
+        value = record.val
         if value is None:
             return
         delta = self.config.min_delta
@@ -262,11 +254,11 @@ class EarlyStopping(Callback):
             log.info(
                 "early stopping at iteration %d: %s has not improved on %.6g for %d "
                 "validations; the best parameters are in %s",
-                record["iteration"],
+                record.iteration,
                 self._key,
                 self._best,
                 self._waited,
-                BEST_CHECKPOINT_NAME,
+                rundir.BEST_CHECKPOINT,
             )
             self.control.request_stop("early_stopping")
 

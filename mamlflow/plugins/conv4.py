@@ -21,10 +21,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mamlflow.core.errors import ConfigError
-from mamlflow.core.hookspecs import hookimpl
-from mamlflow.core.learner import ModelConfig, ModelPlugin
-from mamlflow.core.task import ModelIO
+from mamlflow.core import ConfigError, ModelConfig, ModelIO, ModelPlugin, hookimpl
 
 __all__ = ["Conv4", "Conv4Config"]
 

@@ -9,10 +9,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mamlflow.core.errors import ConfigError
-from mamlflow.core.hookspecs import hookimpl
-from mamlflow.core.learner import ModelConfig, ModelPlugin
-from mamlflow.core.task import ModelIO
+from mamlflow.core import ConfigError, ModelConfig, ModelIO, ModelPlugin, hookimpl
 from mamlflow.plugins.mlp import MLP, MLPConfig
 
 __all__ = ["GaussianMLP", "GaussianMLPConfig", "GaussianPolicy"]

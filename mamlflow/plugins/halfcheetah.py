@@ -24,12 +24,19 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from mamlflow.core.config import Preset
-from mamlflow.core.errors import ConfigError
-from mamlflow.core.hookspecs import hookimpl
-from mamlflow.core.rl import Policy, RolloutConfig, RolloutTaskFamily
-from mamlflow.core.rng import derive_key, uniform
-from mamlflow.core.task import Split, TaskBatch, TaskFamily
+from mamlflow.core import (
+    SPLITS,
+    ConfigError,
+    Policy,
+    Preset,
+    RolloutConfig,
+    RolloutTaskFamily,
+    Split,
+    TaskBatch,
+    TaskFamily,
+    hookimpl,
+    rng,
+)
 
 if TYPE_CHECKING:
     from gymnasium import Env
@@ -44,7 +51,6 @@ __all__ = [
     "env_seed",
 ]
 
-_SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 _GOAL_STREAM = 0xC4EE
 _RESET_STREAM = 0x2E5E
 _ENV_ID = "HalfCheetah-v5"
@@ -79,7 +85,7 @@ def env_seed(key: int, trajectory: int) -> int:
     Each (task, trajectory) starts from its own keyed initial state, so the same keys give the
     same rollouts in any process and on a resume.
     """
-    return derive_key(key, _RESET_STREAM, trajectory) & ((1 << 63) - 1)
+    return rng.derive_key(key, _RESET_STREAM, trajectory) & ((1 << 63) - 1)
 
 
 def _import_gymnasium(family: str) -> Any:
@@ -232,8 +238,8 @@ def _quiet_mujoco() -> Iterator[None]:
 
 def _uniform_tasks(seed: int, split: Split, iteration: int, task_indices: Tensor) -> Tensor:
     """One U[0, 1) number per task, keyed by its global index (float64)."""
-    key = derive_key(seed, _GOAL_STREAM, _SPLITS[split], iteration)
-    return uniform(key, task_indices, 1, dtype=torch.float64)[:, 0]
+    key = rng.derive_key(seed, _GOAL_STREAM, SPLITS[split], iteration)
+    return rng.uniform(key, task_indices, 1, dtype=torch.float64)[:, 0]
 
 
 class HalfCheetahVel(_HalfCheetah):

@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-from mamlflow.core.adapter import Adapter, sgd
-from mamlflow.core.algorithm import Algorithm
-from mamlflow.core.config import InnerConfig
-from mamlflow.core.hookspecs import hookimpl
+from mamlflow.core import Adapter, Algorithm, InnerConfig, hookimpl, sgd
 
 __all__ = ["FOMAML", "MAML"]
 

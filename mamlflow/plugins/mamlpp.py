@@ -28,10 +28,16 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from mamlflow.core.adapter import Adapter, AdapterState, Params
-from mamlflow.core.algorithm import Algorithm, AlgorithmConfig
-from mamlflow.core.config import InnerConfig, Preset
-from mamlflow.core.hookspecs import hookimpl
+from mamlflow.core import (
+    Adapter,
+    AdapterState,
+    Algorithm,
+    AlgorithmConfig,
+    InnerConfig,
+    Params,
+    Preset,
+    hookimpl,
+)
 from mamlflow.plugins.omniglot import PRESETS as OMNIGLOT_PRESETS
 
 __all__ = ["MAMLPlusPlus", "MAMLPlusPlusConfig", "PerStepSGD", "step_loss_weights"]

@@ -14,10 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from mamlflow.core.adapter import Adapter, AdapterState, Params
-from mamlflow.core.algorithm import Algorithm
-from mamlflow.core.config import InnerConfig, Preset
-from mamlflow.core.hookspecs import hookimpl
+from mamlflow.core import Adapter, AdapterState, Algorithm, InnerConfig, Params, Preset, hookimpl
 from mamlflow.plugins.omniglot import PRESETS as OMNIGLOT_PRESETS
 from mamlflow.plugins.sinusoid import SINUSOID_PRESET
 

@@ -8,9 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import nn
 
-from mamlflow.core.hookspecs import hookimpl
-from mamlflow.core.learner import ModelConfig, ModelPlugin
-from mamlflow.core.task import ModelIO
+from mamlflow.core import ModelConfig, ModelIO, ModelPlugin, hookimpl
 
 __all__ = ["MLP", "MLPConfig"]
 

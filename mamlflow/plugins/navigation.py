@@ -18,15 +18,21 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mamlflow.core.config import Preset
-from mamlflow.core.hookspecs import hookimpl
-from mamlflow.core.rl import Policy, RolloutConfig, RolloutTaskFamily
-from mamlflow.core.rng import derive_key, uniform
-from mamlflow.core.task import Split, TaskBatch, TaskFamily
+from mamlflow.core import (
+    SPLITS,
+    Policy,
+    Preset,
+    RolloutConfig,
+    RolloutTaskFamily,
+    Split,
+    TaskBatch,
+    TaskFamily,
+    hookimpl,
+    rng,
+)
 
 __all__ = ["Navigation", "NavigationConfig", "navigation_step"]
 
-_SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 _GOAL_STREAM = 0x2D
 
 
@@ -85,9 +91,9 @@ class Navigation(RolloutTaskFamily):
         shots: int | None = None,
         query: int | None = None,
     ) -> TaskBatch:
-        key = derive_key(seed, _GOAL_STREAM, _SPLITS[split], iteration)
+        key = rng.derive_key(seed, _GOAL_STREAM, SPLITS[split], iteration)
         r = self.config.goal_range
-        goal = uniform(key, task_indices, 2, dtype=torch.float64) * (2 * r) - r
+        goal = rng.uniform(key, task_indices, 2, dtype=torch.float64) * (2 * r) - r
         return TaskBatch({}, {}, task_indices.clone(), {"goal": goal.float()})
 
     def simulate(

@@ -8,8 +8,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from mamlflow.core.hookspecs import hookimpl
-from mamlflow.core.optim import OuterConfig, OuterOptimizer
+from mamlflow.core import OuterConfig, OuterOptimizer, hookimpl
 
 __all__ = ["SGD", "Adam", "AdamConfig", "AdamW", "AdamWConfig", "SGDConfig"]
 

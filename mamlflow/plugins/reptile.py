@@ -16,13 +16,19 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from mamlflow.core.adapter import Adapter, adam, sgd
-from mamlflow.core.algorithm import Algorithm, AlgorithmConfig
-from mamlflow.core.config import InnerConfig, Preset
-from mamlflow.core.hookspecs import hookimpl
-from mamlflow.core.task import TaskObjective
-from mamlflow.kernels import MetaStep, Strategy
-from mamlflow.kernels._reptile import REPTILE_STRATEGIES, make_reptile_step
+from mamlflow.core import (
+    Adapter,
+    Algorithm,
+    AlgorithmConfig,
+    InnerConfig,
+    MetaStepFactory,
+    Preset,
+    TaskObjective,
+    adam,
+    hookimpl,
+    sgd,
+)
+from mamlflow.kernels import REPTILE_STRATEGIES, MetaStep, Strategy, make_reptile_step
 from mamlflow.plugins.omniglot import PRESETS as OMNIGLOT_PRESETS
 from mamlflow.plugins.sinusoid import SINUSOID_PRESET
 
@@ -71,9 +77,11 @@ class Reptile(Algorithm):
         steps: int,
         first_order: bool,
         strategy: Strategy,
+        maml: MetaStepFactory,
         autocast: torch.dtype | None = None,
         multi_step: bool = False,
     ) -> MetaStep:
+        # Reptile's update is not a gradient of a query loss: its own kernels, not ``maml``.
         if multi_step:
             raise ValueError("Reptile has no multi-step loss")
         return make_reptile_step(

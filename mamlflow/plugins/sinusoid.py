@@ -15,14 +15,21 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from mamlflow.core.config import Preset
-from mamlflow.core.hookspecs import hookimpl
-from mamlflow.core.rng import derive_key, uniform
-from mamlflow.core.task import ModelIO, Split, TaskBatch, TaskConfig, TaskFamily, TaskObjective
+from mamlflow.core import (
+    SPLITS,
+    ModelIO,
+    Preset,
+    Split,
+    TaskBatch,
+    TaskConfig,
+    TaskFamily,
+    TaskObjective,
+    hookimpl,
+    rng,
+)
 
 __all__ = ["Sinusoid", "SinusoidConfig"]
 
-_SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 _PARAMS, _SUPPORT, _QUERY = 0, 1, 2  # independent random streams per task
 
 
@@ -62,7 +69,7 @@ class Sinusoid(TaskFamily):
 
     def _scaled(self, key: int, tasks: Tensor, count: int, span: tuple[float, float]) -> Tensor:
         low, high = span
-        return low + (high - low) * uniform(key, tasks, count)
+        return low + (high - low) * rng.uniform(key, tasks, count)
 
     def sample(
         self,
@@ -76,13 +83,13 @@ class Sinusoid(TaskFamily):
     ) -> TaskBatch:
         shots = self.config.shots if shots is None else shots
         query = self.config.query if query is None else query
-        base = (seed, _SPLITS[split], iteration)
+        base = (seed, SPLITS[split], iteration)
         cfg = self.config
-        unit = uniform(derive_key(*base, _PARAMS), task_indices, 2)
+        unit = rng.uniform(rng.derive_key(*base, _PARAMS), task_indices, 2)
         amplitude = cfg.amplitude[0] + (cfg.amplitude[1] - cfg.amplitude[0]) * unit[:, 0:1]
         phase = cfg.phase[0] + (cfg.phase[1] - cfg.phase[0]) * unit[:, 1:2]
-        xs = self._scaled(derive_key(*base, _SUPPORT), task_indices, shots, cfg.x_range)
-        xq = self._scaled(derive_key(*base, _QUERY), task_indices, query, cfg.x_range)
+        xs = self._scaled(rng.derive_key(*base, _SUPPORT), task_indices, shots, cfg.x_range)
+        xq = self._scaled(rng.derive_key(*base, _QUERY), task_indices, query, cfg.x_range)
 
         def part(x: Tensor) -> dict[str, Tensor]:
             return {"x": x.unsqueeze(-1), "y": (amplitude * torch.sin(x - phase)).unsqueeze(-1)}

@@ -1,29 +1,34 @@
 """Outer steps for policies: TRPO (the paper's meta-optimizer for RL) and a clipped PPO option.
 
-Both re-evaluate the meta-objective of the step's meta-batch through the inner adaptation, so the
-trainer hands them a ``PolicyTerms`` (``optimizer.step(terms)``); they need a rollout task
-family. TRPO (Schulman et al. 2015, as in the MAML paper and rllab): the natural-gradient
-direction by conjugate gradient on Hessian-vector products of the mean KL between the collecting
-and the new adapted policies, scaled to the KL bound, then a backtracking line search that accepts
-the first step that lowers the meta-loss and keeps the KL within the bound. PPO: a few epochs of
-Adam on the clipped surrogate, first order or not as the run is.
+Both re-evaluate the meta-objective of the step's meta-batch through the inner adaptation: they
+are ``PolicyOuterOptimizer``s, to which the trainer hands the batch's ``PolicyTerms``; they need
+a rollout task family. TRPO (Schulman et al. 2015, as in the MAML paper and rllab): the natural
+gradient direction by conjugate gradient on Hessian-vector products of the mean KL between the
+collecting and the new adapted policies, scaled to the KL bound, then a backtracking line search
+that accepts the first step that lowers the meta-loss and keeps the KL within the bound. PPO: a
+few epochs of Adam on the clipped surrogate, first order or not as the run is.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from mamlflow.core.hookspecs import hookimpl
-from mamlflow.core.optim import OuterConfig, OuterOptimizer
-from mamlflow.core.rl import PolicyTerms
+from mamlflow.core import (
+    OuterConfig,
+    OuterOptimizer,
+    OuterStepReport,
+    PolicyOuterOptimizer,
+    PolicyTerms,
+    hookimpl,
+)
 
-__all__ = ["PPO", "TRPO", "PPOConfig", "TRPOConfig", "TRPOOptimizer", "conjugate_gradient"]
+__all__ = ["PPO", "TRPO", "PPOConfig", "TRPOConfig", "conjugate_gradient"]
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
@@ -66,25 +71,40 @@ class TRPOConfig(OuterConfig):
 
 
 class TRPOOptimizer(torch.optim.Optimizer):
-    """TRPO over the parameters' ``.grad`` (the meta-gradient), given the step's ``PolicyTerms``.
+    """The leaves TRPO moves, as a ``torch.optim.Optimizer``: param groups and a state_dict.
 
-    ``last`` holds what the latest step did: the KL and loss it ended at, and how many line
-    search tries it took (0: the step was rejected and the parameters left unchanged).
+    TRPO keeps no state between steps; its step is ``TRPO.policy_step``, which needs the step's
+    ``PolicyTerms``, so this optimizer's own ``step`` only says so.
     """
 
-    def __init__(self, params: Iterable[Tensor], config: TRPOConfig) -> None:
-        super().__init__(params, {"lr": config.lr})
-        self.config = config
-        self.last: dict[str, float] = {}
+    def __init__(self, params: Iterable[Tensor], lr: float) -> None:
+        super().__init__(params, {"lr": lr})
+
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+        raise TypeError("TRPO steps through TRPO.policy_step(optimizer, terms), not step()")
+
+
+class TRPO(PolicyOuterOptimizer):
+    """TRPO over the meta-gradient, given the step's ``PolicyTerms``.
+
+    The optimizer's learning rate is the fraction of the trust-region step the line search
+    starts at. The report says where the step ended: its KL and loss, and how many line-search
+    tries it took (0: rejected, the parameters left unchanged).
+    """
+
+    name: ClassVar[str] = "trpo"
+    Config: ClassVar[type[OuterConfig]] = TRPOConfig
+    description: ClassVar[str] = "trust-region policy optimisation (the paper's RL outer loop)"
+    config: TRPOConfig
+
+    def build(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
+        return TRPOOptimizer(params, self.config.lr)
 
     @torch.no_grad()
-    def step(self, terms: PolicyTerms | None = None) -> None:  # type: ignore[override]
-        if not isinstance(terms, PolicyTerms):
-            raise TypeError("TRPO's step needs the meta-batch's PolicyTerms: step(terms)")
-        c = self.config
-        leaves = [p for group in self.param_groups for p in group["params"]]
+    def policy_step(self, optimizer: torch.optim.Optimizer, terms: PolicyTerms) -> OuterStepReport:
+        leaves = [p for group in optimizer.param_groups for p in group["params"]]
         grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in leaves]
-        damping = c.cg_damping
+        damping = self.config.cg_damping
 
         def fisher(v: list[Tensor]) -> list[Tensor]:
             with torch.enable_grad():
@@ -92,38 +112,41 @@ class TRPOOptimizer(torch.optim.Optimizer):
             return [h + damping * vi for h, vi in zip(hv, v, strict=True)]
 
         try:
-            direction = conjugate_gradient(fisher, grads, c.cg_iterations)
+            direction = conjugate_gradient(fisher, grads, self.config.cg_iterations)
             curvature = float(_dot(direction, fisher(direction)))
-            old_loss, _ = terms.loss_kl()
-            self.last = {"kl": 0.0, "loss": old_loss, "line_search": 0.0}
+            old_loss = terms.loss_kl().loss
             if not math.isfinite(curvature) or curvature <= 0:
-                return  # a flat or broken trust region: leave θ as it is this step
-            scale = math.sqrt(2 * c.max_kl / curvature)
-            start = [p.detach().clone() for p in leaves]
-            fraction = self.param_groups[0]["lr"]
-            for tries in range(1, c.line_search_steps + 1):
-                for p, p0, d in zip(leaves, start, direction, strict=True):
-                    p.copy_(p0 - fraction * scale * d)
-                loss, kl = terms.loss_kl()
-                if math.isfinite(loss) and loss < old_loss and kl <= c.max_kl:
-                    self.last = {"kl": kl, "loss": loss, "line_search": float(tries)}
-                    return
-                fraction *= c.backtrack_ratio
-            for p, p0 in zip(leaves, start, strict=True):
-                p.copy_(p0)
+                # A flat or broken trust region: leave θ as it is this step.
+                return OuterStepReport(kl=0.0, loss=old_loss, line_search=0.0)
+            scale = math.sqrt(2 * self.config.max_kl / curvature)
+            fraction = optimizer.param_groups[0]["lr"]
+            return self._line_search(leaves, direction, scale, fraction, old_loss, terms)
         finally:
             terms.release()
 
-
-class TRPO(OuterOptimizer):
-    name: ClassVar[str] = "trpo"
-    Config: ClassVar[type[OuterConfig]] = TRPOConfig
-    description: ClassVar[str] = "trust-region policy optimisation (the paper's RL outer loop)"
-    uses_policy_terms: ClassVar[bool] = True
-    config: TRPOConfig
-
-    def build(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
-        return TRPOOptimizer(params, self.config)
+    def _line_search(
+        self,
+        leaves: list[Tensor],
+        direction: list[Tensor],
+        scale: float,
+        fraction: float,
+        old_loss: float,
+        terms: PolicyTerms,
+    ) -> OuterStepReport:
+        """Try ``fraction`` of the trust-region step ``scale · direction``, shrinking it until
+        the loss falls within the KL bound; if no try does, restore θ."""
+        c = self.config
+        start = [p.detach().clone() for p in leaves]
+        for tries in range(1, c.line_search_steps + 1):
+            for p, p0, d in zip(leaves, start, direction, strict=True):
+                p.copy_(p0 - fraction * scale * d)
+            loss, kl = terms.loss_kl()
+            if math.isfinite(loss) and loss < old_loss and kl <= c.max_kl:
+                return OuterStepReport(kl=kl, loss=loss, line_search=float(tries))
+            fraction *= c.backtrack_ratio
+        for p, p0 in zip(leaves, start, strict=True):
+            p.copy_(p0)
+        return OuterStepReport(kl=0.0, loss=old_loss, line_search=0.0)
 
 
 class PPOConfig(OuterConfig):
@@ -133,39 +156,31 @@ class PPOConfig(OuterConfig):
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's β1, β2")
 
 
-class PPOOptimizer(torch.optim.Adam):
+class PPO(PolicyOuterOptimizer):
     """Adam steps on PPO's clipped surrogate, recomputing the adaptation at every epoch."""
 
-    def __init__(self, params: Iterable[Tensor], config: PPOConfig) -> None:
-        super().__init__(params, lr=config.lr, betas=config.betas, foreach=True)
-        self.config = config
-        self.last: dict[str, float] = {}
+    name: ClassVar[str] = "ppo"
+    Config: ClassVar[type[OuterConfig]] = PPOConfig
+    description: ClassVar[str] = "epochs of Adam on PPO's clipped surrogate (a first-order option)"
+    config: PPOConfig
 
-    def step(self, terms: Any = None) -> None:  # type: ignore[override]
-        if not isinstance(terms, PolicyTerms):
-            raise TypeError("PPO's step needs the meta-batch's PolicyTerms: step(terms)")
-        leaves = [p for group in self.param_groups for p in group["params"]]
+    def build(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.config.lr, betas=self.config.betas, foreach=True)
+
+    def policy_step(self, optimizer: torch.optim.Optimizer, terms: PolicyTerms) -> OuterStepReport:
+        leaves = [p for group in optimizer.param_groups for p in group["params"]]
+        report = OuterStepReport()
         try:
             for epoch in range(self.config.epochs):
                 if epoch:  # the first epoch's gradient is the trainer's (ratio 1: no clipping)
                     loss, kl, grads = terms.grad(self.config.clip)
                     for p, g in zip(leaves, grads, strict=True):
                         p.grad = g
-                    self.last = {"kl": kl, "loss": loss}
-                super().step()
+                    report = OuterStepReport(kl=kl, loss=loss)
+                optimizer.step()
         finally:
             terms.release()
-
-
-class PPO(OuterOptimizer):
-    name: ClassVar[str] = "ppo"
-    Config: ClassVar[type[OuterConfig]] = PPOConfig
-    description: ClassVar[str] = "epochs of Adam on PPO's clipped surrogate (a first-order option)"
-    uses_policy_terms: ClassVar[bool] = True
-    config: PPOConfig
-
-    def build(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
-        return PPOOptimizer(params, self.config)
+        return report
 
 
 @hookimpl

@@ -11,9 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import torch
-from mamlflow import ModelIO, TaskBatch, TaskConfig, TaskFamily
-from mamlflow.core.rng import derive_key, uniform
-from mamlflow.core.task import Split, TaskObjective
+from mamlflow import ModelIO, Split, TaskBatch, TaskConfig, TaskFamily, TaskObjective
+from mamlflow.rng import derive_key, uniform
 from pydantic import Field, model_validator
 from torch import Tensor
 

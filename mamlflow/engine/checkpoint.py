@@ -1,0 +1,90 @@
+"""Checkpoints: written atomically, validated on load, with errors that say what to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core import CheckpointError, atomic_write, rundir
+
+__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Everything needed to continue a run exactly where it stopped."""
+
+    iteration: int
+    params: dict[str, Tensor]
+    learnables: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Tensor]
+    strategy: str
+    elapsed: float
+    finished: bool
+    best: float | None = None
+    """The best validation metric so far (what ``checkpoint_best.pt`` holds)."""
+
+
+def save_checkpoint(run_dir: Path, ckpt: Checkpoint, name: str = rundir.CHECKPOINT) -> Path:
+    path = run_dir / name
+    payload = {
+        "format": _FORMAT,
+        "iteration": ckpt.iteration,
+        "params": {k: v.detach().cpu() for k, v in ckpt.params.items()},
+        "learnables": {k: v.detach().cpu() for k, v in ckpt.learnables.items()},
+        "optimizer": ckpt.optimizer,
+        "rng": ckpt.rng,
+        "strategy": ckpt.strategy,
+        "elapsed": ckpt.elapsed,
+        "finished": ckpt.finished,
+        "best": ckpt.best,
+    }
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return path
+
+
+def load_checkpoint(run_dir: Path | str, name: str = rundir.CHECKPOINT) -> Checkpoint:
+    """Read ``run_dir/<name>``; a missing or damaged file is a ``CheckpointError``."""
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint in {run_dir}: expected {path.name}; pass the directory a "
+            "'metaflow run' wrote (it saves one at the end and every train.checkpoint_every)"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}); it may be truncated or "
+            "from another program: restore it from a copy or start a new run"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise CheckpointError(
+            f"{path} has an unknown checkpoint format; it was not written by this mamlflow "
+            "version: start a new run"
+        )
+    try:
+        return Checkpoint(
+            iteration=int(payload["iteration"]),
+            params=dict(payload["params"]),
+            learnables=dict(payload["learnables"]),
+            optimizer=payload["optimizer"],
+            rng=dict(payload["rng"]),
+            strategy=str(payload["strategy"]),
+            elapsed=float(payload["elapsed"]),
+            finished=bool(payload["finished"]),
+            best=None if payload.get("best") is None else float(payload["best"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is missing {exc}; the file is damaged: restore it from a copy or start "
+            "a new run"
+        ) from exc

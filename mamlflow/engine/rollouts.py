@@ -1,0 +1,247 @@
+"""Rollout collection for training and evaluation, and the policy terms TRPO and PPO re-evaluate.
+
+A rollout family's "data" do not exist before a step: ``Rollouts.meta_batch`` collects support
+trajectories with θ in every task at once, adapts each task's policy on them (the inner step) and
+collects query trajectories with the adapted θ′; from there on the kernels treat the batch like
+regression data. ``Rollouts.curve`` is the paper's evaluation: collect, score, adapt on what was
+collected, and again. ``CollectedPolicyTerms`` is the ``PolicyTerms`` of one collected
+meta-batch (see ``mamlflow.core.optim``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from ..core import (
+    Adapter,
+    InnerConfig,
+    LossAndKL,
+    PolicyGradient,
+    PolicyTerms,
+    RolloutTaskFamily,
+    Split,
+    TaskBatch,
+    TaskObjective,
+    per_task,
+    policy_gradient_loss,
+)
+from ..kernels import make_adapt, make_adapt_on_each, make_policy_terms
+
+__all__ = ["CollectedPolicyTerms", "RolloutCurve", "Rollouts"]
+
+TensorDict = dict[str, Tensor]
+Model = Callable[[TensorDict, Tensor], Tensor]
+SUPPORT, QUERY = 0, 1
+"""Rollout phases of a training step; evaluation step ``k`` collects in phase ``2 + k``."""
+
+
+@dataclass(frozen=True)
+class RolloutCurve:
+    """Mean return per task after 0..steps adaptation steps, and the policies that earned it."""
+
+    returns: Tensor
+    """``(tasks, steps + 1)``."""
+    adapted: TensorDict
+    """Parameters after the last step, with a task dimension."""
+
+
+class Rollouts:
+    """A run's rollout machinery: meta-batches for training and return curves for evaluation."""
+
+    def __init__(
+        self,
+        family: RolloutTaskFamily,
+        model: Model,
+        objective: TaskObjective,
+        adapter: Adapter,
+        inner: InnerConfig,
+    ) -> None:
+        self.family, self.model, self.objective = family, model, objective
+        self.adapter, self.inner = adapter, inner
+        self._adapt = make_adapt(objective, adapter, steps=inner.steps)
+
+    def meta_batch(
+        self,
+        batch: TaskBatch,
+        params: TensorDict,
+        learnables: TensorDict,
+        *,
+        seed: int,
+        iteration: int,
+    ) -> TaskBatch:
+        """Support trajectories with θ, then query trajectories with each task's adapted θ′."""
+        cfg = self.family.config
+        support = self.family.collect(
+            batch,
+            self.model,
+            per_task(params, batch.num_tasks),
+            seed=seed,
+            iteration=iteration,
+            phase=SUPPORT,
+            trajectories=cfg.shots,
+        )
+        adapted = self._adapt(params, learnables, support)
+        query = self.family.collect(
+            batch,
+            self.model,
+            adapted,
+            seed=seed,
+            iteration=iteration,
+            phase=QUERY,
+            trajectories=cfg.query,
+            record_policy=True,
+        )
+        return TaskBatch(support, query, batch.task_index, batch.info)
+
+    def curve(
+        self,
+        batch: TaskBatch,
+        params: TensorDict,
+        learnables: TensorDict,
+        *,
+        steps: int,
+        trajectories: int,
+        seed: int,
+        split: Split,
+        later_scale: float = 1.0,
+    ) -> RolloutCurve:
+        """Collect, score, adapt on what was collected, and again: the paper's evaluation."""
+        params = {k: v.detach() for k, v in params.items()}
+        learnables = {k: v.detach() for k, v in learnables.items()}
+        score = vmap(self.family.score(self.model), in_dims=(0, 0))
+        adapt = make_adapt_on_each(self.objective, self.adapter, later_scale=later_scale)
+        current = per_task(params, batch.num_tasks)
+        datas: list[TensorDict] = []
+        returns = []
+        for k in range(steps + 1):
+            data = self.family.collect(
+                batch,
+                self.model,
+                current,
+                seed=seed,
+                iteration=0,
+                phase=2 + k,
+                trajectories=trajectories,
+                split=split,
+                timesteps=self.family.config.eval_timesteps,
+            )
+            returns.append(score(current, data))
+            if k == steps:
+                break
+            datas.append(data)
+            current = adapt(params, learnables, datas)
+        return RolloutCurve(torch.stack(returns, 1), current)
+
+
+class CollectedPolicyTerms(PolicyTerms):
+    """The meta-objective and KL of one collected meta-batch as functions of θ (and φ).
+
+    What a trust-region or clipped outer step re-evaluates: ``loss_kl`` at the leaves' current
+    values (during a line search), ``hvp`` of the mean KL at the collecting parameters, and
+    ``grad`` of the (optionally clipped) surrogate. Both terms run through the inner adaptation
+    from the support trajectories (second order unless the run is first order). Per-shard sums
+    are reduced with ``reduce`` (the sum over processes) and divided by the global meta-batch.
+    """
+
+    def __init__(
+        self,
+        rollouts: Rollouts,
+        leaves: tuple[TensorDict, TensorDict],
+        batch: TaskBatch,
+        *,
+        meta_batch_size: int,
+        first_order: bool,
+        reduce: Callable[[Tensor], Tensor] = lambda t: t,
+    ) -> None:
+        self.params, self.learnables = leaves
+        self.batch, self.reduce = batch, reduce
+        self.scale = 1.0 / meta_batch_size
+        fam, model = rollouts.family, rollouts.model
+        steps = rollouts.inner.steps
+        self._terms = make_policy_terms(
+            rollouts.objective,
+            fam.kl(model),
+            rollouts.adapter,
+            steps=steps,
+            first_order=first_order,
+        )
+        self._make_clipped = lambda clip: make_policy_terms(
+            policy_gradient_loss(model, clip=clip),
+            fam.kl(model),
+            rollouts.adapter,
+            steps=steps,
+            first_order=first_order,
+            inner_objective=rollouts.objective,
+        )
+        self._kl_graph: tuple[list[Tensor], list[Tensor]] | None = None
+
+    def _alias(self) -> tuple[TensorDict, TensorDict, list[Tensor]]:
+        """Autograd leaves sharing the parameters' storage: they see a line search's moves."""
+        theta = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
+        phi = {k: v.detach().requires_grad_(True) for k, v in self.learnables.items()}
+        return theta, phi, [*theta.values(), *phi.values()]
+
+    def _local(
+        self, terms: Callable[..., tuple[Tensor, Tensor]], theta: TensorDict, phi: TensorDict
+    ) -> tuple[Tensor, Tensor]:
+        b = self.batch
+        if b.num_tasks == 0:  # a process without tasks adds nothing to the sums
+            ref = next(iter(theta.values()))
+            zero = torch.zeros((), dtype=ref.dtype, device=ref.device)
+            return zero, zero
+        return terms(theta, phi, b.support, b.query)
+
+    def loss_kl(self) -> LossAndKL:
+        with torch.no_grad():
+            loss, kl = self._local(self._terms, self.params, self.learnables)
+            both = self.reduce(torch.stack([loss, kl]).reshape(2) * self.scale)
+        return LossAndKL(float(both[0]), float(both[1]))
+
+    def hvp(self, vector: Sequence[Tensor]) -> list[Tensor]:
+        if self._kl_graph is None:
+            theta, phi, leaves = self._alias()
+            _, kl = self._local(self._terms, theta, phi)
+            self._kl_graph = (leaves, _grads(kl * self.scale, leaves, create_graph=True))
+        leaves, kl_grad = self._kl_graph
+        dot = sum((g * v).sum() for g, v in zip(kl_grad, vector, strict=True))
+        local = _grads(dot, leaves, retain_graph=True)
+        return _reduce_list(local, self.reduce)
+
+    def grad(self, clip: float | None = None) -> PolicyGradient:
+        theta, phi, leaves = self._alias()
+        terms = self._terms if clip is None else self._make_clipped(clip)
+        loss, kl = self._local(terms, theta, phi)
+        grads = _grads(loss * self.scale, leaves)
+        both = self.reduce(torch.stack([loss.detach(), kl.detach()]).reshape(2) * self.scale)
+        return PolicyGradient(float(both[0]), float(both[1]), _reduce_list(grads, self.reduce))
+
+    def release(self) -> None:
+        self._kl_graph = None
+
+
+def _grads(
+    total: Tensor, leaves: list[Tensor], *, create_graph: bool = False, retain_graph: bool = False
+) -> list[Tensor]:
+    if not isinstance(total, Tensor) or not total.requires_grad:
+        return [torch.zeros_like(leaf) for leaf in leaves]
+    got = torch.autograd.grad(
+        total,
+        leaves,
+        allow_unused=True,
+        create_graph=create_graph,
+        retain_graph=retain_graph or create_graph,
+    )
+    return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, got, strict=True)]
+
+
+def _reduce_list(tensors: list[Tensor], reduce: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    flat = reduce(torch.cat([t.reshape(-1) for t in tensors]))
+    return [
+        piece.view_as(t)
+        for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)
+    ]

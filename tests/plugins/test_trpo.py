@@ -1,0 +1,55 @@
+"""TRPO's conjugate gradient against a dense solve, and one trust-region step on a real batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mamlflow.engine import (
+    CollectedPolicyTerms,
+    PluginHost,
+)
+from mamlflow.kernels import make_meta_step
+from mamlflow.plugins.trpo import conjugate_gradient
+from tests.navigation import (
+    navigation_components,
+    navigation_meta_batch,
+)
+
+
+def test_conjugate_gradient_solves_a_positive_definite_system() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    a = a @ a.T + 0.5 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: [a @ v[0]], [b], iterations=6)[0]
+    torch.testing.assert_close(x, torch.linalg.solve(a, b))
+
+
+def test_trpo_step_keeps_the_kl_bound_and_lowers_the_meta_loss(host: PluginHost) -> None:
+    c = navigation_components(host, "kernel.dtype=float64", "outer.max_kl=0.002")
+    rollouts, params, learnables, batch = navigation_meta_batch(c, tasks=4)
+    step = make_meta_step(c.objective(), c.adapter, steps=1, first_order=False, strategy="batched")
+    result = step(params, learnables, batch.support, batch.query, 1 / 4)
+    outer = host.optimizer("trpo")(c.config.outer)
+    optimizer = outer.build(list(params.values()))
+    for k, p in params.items():
+        p.grad = result.grads[k]
+    before = {k: v.clone() for k, v in params.items()}
+    terms = CollectedPolicyTerms(
+        rollouts, (params, learnables), batch, meta_batch_size=4, first_order=False
+    )
+    report = outer.step(optimizer, terms)
+    assert report.line_search is not None and report.line_search >= 1, report
+    loss, kl = terms.loss_kl()
+    assert 0 < kl <= 0.002 and loss < float(result.loss)
+    assert kl == pytest.approx(report.kl) and loss == pytest.approx(report.loss)
+    assert any(not torch.equal(before[k], params[k]) for k in params)
+
+
+def test_trpo_steps_only_through_its_policy_step(host: PluginHost) -> None:
+    outer = host.optimizer("trpo")(host.optimizer("trpo").Config(name="trpo"))
+    optimizer = outer.build([torch.zeros(3, requires_grad=True)])
+    with pytest.raises(TypeError, match=r"TRPO steps through TRPO.policy_step"):
+        optimizer.step()
+    assert optimizer.state_dict()["param_groups"][0]["lr"] == 1.0  # checkpoints hold its lr
