@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -437,8 +438,9 @@ class Trainer:
         # This process's tasks are scaled by 1 / the global meta-batch (see kernels._maml).
         return 1.0 / self._batch_size
 
-    @property
+    @cached_property
     def _task_index(self) -> Tensor:
+        """This process's global task indices, the same at every iteration."""
         return self.dist.shard(self._batch_size)
 
     @property
