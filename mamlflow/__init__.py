@@ -7,8 +7,9 @@ The public API is listed here explicitly; everything else is private. It has two
 * plugin authors: the contracts (``TaskFamily``, ``ModelPlugin``, ``Algorithm``, ``Adapter``,
   ``OuterOptimizer``, ``Callback``, ``Preset``, ``hookimpl``) and the types they take and return
   (``TaskBatch``, ``ModelIO``, ``Split``, ``InnerConfig``, ``CallbackConfig``, ``TrainStart``,
-  ``MetricsRecord``, …), plus the counter-based random numbers in ``mamlflow.rng`` and the
-  conformance checks in ``mamlflow.testing``.
+  ``MetricsRecord``, …), plus the counter-based random numbers in ``mamlflow.rng``, the
+  normalisation layers that stay right under ``vmap`` in ``mamlflow.nn`` and the conformance
+  checks in ``mamlflow.testing``.
 
 Importing mamlflow loads no plugin and imports neither the CLI (typer, rich) nor numba nor
 matplotlib.
@@ -16,6 +17,7 @@ matplotlib.
 
 from __future__ import annotations
 
+from . import nn as nn
 from . import rng as rng
 from .core import SPLITS as SPLITS
 from .core import STRATEGIES as STRATEGIES
@@ -152,6 +154,7 @@ __all__ = [
     "load_saved",
     "make_adapt",
     "make_meta_step",
+    "nn",
     "resolve",
     "rng",
     "sgd",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, get_origin
 
 import mamlflow
+import mamlflow.nn
 import mamlflow.rng
 
 # Running and embedding meta-learning.
@@ -23,8 +24,9 @@ PLUGIN_AUTHORS = {
     "PolicyOuterOptimizer", "PolicyTerms", "Preset", "RolloutConfig", "RolloutTaskFamily",
     "Split", "StagedObjective", "StepResult", "Strategy", "TaskBatch", "TaskConfig",
     "TaskFamily", "TaskObjective", "TrainStart", "TrainerControl", "adam", "apply_updates",
-    "chain", "hookimpl", "rng", "sgd",
+    "chain", "hookimpl", "nn", "rng", "sgd",
 }  # fmt: skip
+NN = {"BatchNorm", "GroupNorm", "LayerNorm", "vmap_unsafe_layers"}
 RNG = {
     "choice", "choice_reference", "derive_key", "integers", "integers_reference", "mix64",
     "normal", "normal_reference", "permutation", "permutation_reference", "uniform",
@@ -44,6 +46,13 @@ def test_rng_helpers_are_public() -> None:
     assert mamlflow.rng is mamlflow.__dict__["rng"]
     for name in RNG:
         assert callable(getattr(mamlflow.rng, name)), name
+
+
+def test_vmap_safe_layers_are_public() -> None:
+    assert set(mamlflow.nn.__all__) == NN
+    assert mamlflow.nn is mamlflow.__dict__["nn"]
+    for name in NN:
+        assert (getattr(mamlflow.nn, name).__doc__ or "").strip(), name
 
 
 def test_public_names_are_documented() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -10,6 +9,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from mamlflow.core import strict_json
 from mamlflow.engine import (
     BenchReport,
     StrategyResult,
@@ -97,7 +97,7 @@ def bench(
             progress=lambda message: status.update(f"bench: {message}"),
         )
     if as_json:
-        print(json.dumps(report.as_json()))
+        print(strict_json(report.as_json()))
         return
     _print_table(report)
 

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from mamlflow.core import CheckpointError, RunConfig, RunDir, atomic_write, rundir
+from mamlflow.core import CheckpointError, RunConfig, RunDir, atomic_write, rundir, strict_json
 from mamlflow.engine import (
+    EVAL_LOCK,
     Checkpoint,
     EvalResult,
     PluginHost,
@@ -20,6 +22,9 @@ from mamlflow.engine import (
     get_host,
     load_checkpoint,
     load_saved,
+    plugin_code,
+    run_lock,
+    writing,
 )
 
 from ._common import console, err_console
@@ -77,14 +82,15 @@ def eval_command(
         tasks=ev.tasks if tasks is None else tasks,
         examples_of=files.examples if plots else None,
     )
-    _save(run_dir, results, ckpt.iteration, "best" if best else "final")
-    if plots:
-        from ._plots import plot_adaptation
+    with run_lock(run_dir, "eval", EVAL_LOCK), writing(rundir.EVAL, run_dir):
+        _save(run_dir, results, ckpt.iteration, "best" if best else "final")
+        if plots:
+            from ._plots import plot_adaptation
 
-        plot_adaptation(results, files.eval_curve)
-
+            plot_adaptation(results, files.eval_curve)
+    _warn(config, host, results)
     if as_json:
-        print(json.dumps(_as_json(results)))
+        print(strict_json(_as_json(results)))
         return
     console.print(_results_table(run_dir, results, ckpt.iteration, best=best))
     if not ckpt.finished:
@@ -121,14 +127,24 @@ def _evaluate_each_shots(
         )
         results.append(result)
         if examples_of is not None:
-            components.family.plot_examples(
-                components.learner,
-                examples.before,
-                examples.after,
-                examples.batch,
-                str(examples_of(k)),
-            )
+            with plugin_code(f"task family '{config.task.name}'", "plot_examples()"):
+                components.family.plot_examples(
+                    components.learner,
+                    examples.before,
+                    examples.after,
+                    examples.batch,
+                    str(examples_of(k)),
+                )
     return results
+
+
+def _warn(config: RunConfig, host: PluginHost, results: list[EvalResult]) -> None:
+    """On stderr: what the extra steps of a learned-rate algorithm reuse; diverged tasks."""
+    algorithm = host.algorithm(config.algorithm.name)(config.algorithm)
+    note = algorithm.evaluation_note(config.inner, results[0].steps[-1])
+    lines = ([note] if note else []) + [w for r in results for w in r.warnings()]
+    for line in lines:
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _as_json(results: list[EvalResult]) -> dict[str, Any]:
@@ -162,7 +178,7 @@ def _save(run_dir: Path, results: list[EvalResult], iteration: int, checkpoint: 
     existing: list[dict[str, Any]] = []
     if path.is_file():
         try:
-            existing = list(json.loads(path.read_text())["results"])
+            existing = list(json.loads(path.read_bytes())["results"])
         except (ValueError, KeyError, TypeError):
             existing = []  # a damaged file is replaced, since it would be rewritten anyway
 
@@ -172,5 +188,5 @@ def _save(run_dir: Path, results: list[EvalResult], iteration: int, checkpoint: 
     new = [{**r.as_json(), "iteration": iteration, "checkpoint": checkpoint} for r in results]
     keys = {key(r) for r in new}
     merged = [r for r in existing if key(r) not in keys] + new
-    data = json.dumps({"results": merged}, indent=2).encode() + b"\n"
+    data = strict_json({"results": merged}, indent=2).encode() + b"\n"
     atomic_write(path, data)

@@ -29,6 +29,7 @@ from mamlflow.engine import (
     ResolvedConfig,
     Trainer,
     check_device,
+    check_unlocked,
     from_env,
     get_host,
     launched_by_torchrun,
@@ -45,6 +46,11 @@ if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 __all__ = ["run"]
+
+_STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+"""The signals that stop a run cleanly, and the ``stopped_by`` each leaves."""
+TERMINATED_EXIT = 128 + signal.SIGTERM
+"""A run stopped by SIGTERM exits with this, after its checkpoint, as a killed one would."""
 
 # Keys a resumed run may change: how long it goes on and where; never what it learns.
 _RESUMABLE_PREFIXES = (
@@ -100,7 +106,7 @@ def run(
     overrides = _option_overrides(seed, device)
     run_dir: Path | None
     if resume is not None:
-        _check_resumable(resume, plugin, config_file, seed)
+        _check_resumable(resume, plugin, config_file, seed, out)
         resolved, run_dir = _resume_config(resume, sets or (), overrides), resume
     else:
         resolved, run_dir = _new_config(host, plugin, config_file, sets, overrides), out
@@ -123,13 +129,23 @@ def _option_overrides(seed: int | None, device: str | None) -> dict[str, tuple[A
 
 
 def _check_resumable(
-    run_dir: Path, plugin: str | None, config_file: Path | None, seed: int | None
+    run_dir: Path,
+    plugin: str | None,
+    config_file: Path | None,
+    seed: int | None,
+    out: Path | None,
 ) -> None:
     if plugin or config_file or seed is not None:
         fail(
             "--resume continues a run with its saved config: drop --plugin/--config/--seed "
             "(only --set train.iterations=…, train.time_limit=… and --device may change)"
         )
+    if out is not None and out.resolve() != run_dir.resolve():
+        fail(
+            f"--resume {run_dir} continues that run in its own directory: drop --out {out} "
+            f"(copy {run_dir} first to continue it elsewhere)"
+        )
+    check_unlocked(run_dir)
     if not RunDir(run_dir).checkpoint.is_file():
         fail(
             f"{run_dir} holds no {rundir.CHECKPOINT} to resume; pass a directory written "
@@ -183,6 +199,8 @@ def _train_here(
             run_dir = Path(dist.broadcast_object(name, "sharing the run directory"))
         if not resuming:
             _refuse_existing_run(run_dir)
+        if dist.is_main:
+            check_unlocked(run_dir)  # refuse before the bar shows; fit() takes the lock
         # Build everything (device, model, plugins) before touching the run directory, so a bad
         # choice leaves no half-made run behind. The trainer writes config.json itself.
         trainer = Trainer(resolved, run_dir, host, resume=resuming, dist=dist)
@@ -200,10 +218,12 @@ def _train_here(
     finally:
         dist.shutdown()
     _print_summary(run_dir, summary)
+    if summary.stopped_by == "terminated":
+        raise SystemExit(TERMINATED_EXIT)
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
-    if RunDir(run_dir).holds_run():
+    if not RunDir(run_dir).is_free():
         fail(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} "
             "or choose another --out"
@@ -280,23 +300,29 @@ def _final_result(summary: TrainSummary, last_record: Mapping[str, Any]) -> tupl
 
 @contextlib.contextmanager
 def _graceful_interrupt(trainer: Trainer, out: Console | None) -> Iterator[None]:
-    """First Ctrl-C: stop after this step with a checkpoint. Second: abort at once.
+    """First Ctrl-C or SIGTERM: stop after this step with a checkpoint. A second: abort at once.
 
-    ``out`` is where to say so; ``None`` (ranks other than 0) stops silently.
+    SIGTERM is what schedulers, ``docker stop`` and preemption send; ``out`` is where to say
+    what happens, ``None`` (ranks other than 0) stops silently.
     """
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
 
     def handler(signum: int, frame: object) -> None:
+        for other, before in previous.items():
+            signal.signal(other, before)  # the next one aborts at once
         if out is not None:
-            out.print("[yellow]stopping after this step (Ctrl-C again to abort)…[/]")
-        trainer.request_stop()
-        signal.signal(signal.SIGINT, previous)
+            name = signal.Signals(signum).name
+            out.print(f"[yellow]{name}: stopping after this step, with a checkpoint ({name} again "
+                      "to abort)…[/]")  # fmt: skip
+        trainer.request_stop(_STOP_SIGNALS[signum])
 
-    signal.signal(signal.SIGINT, handler)
+    for signum in previous:
+        signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def _worker_args(

@@ -28,6 +28,7 @@ from .callbacks import CallbackConfig as CallbackConfig
 from .callbacks import TrainerControl as TrainerControl
 from .callbacks import TrainStart as TrainStart
 from .callbacks import TrainSummary as TrainSummary
+from .config import SAVED_DEFAULT as SAVED_DEFAULT
 from .config import EvalConfig as EvalConfig
 from .config import InnerConfig as InnerConfig
 from .config import KernelConfig as KernelConfig
@@ -42,7 +43,9 @@ from .errors import CheckpointError as CheckpointError
 from .errors import ConfigError as ConfigError
 from .errors import DataError as DataError
 from .errors import MamlflowError as MamlflowError
+from .errors import NonFiniteError as NonFiniteError
 from .errors import PluginError as PluginError
+from .errors import ResourceError as ResourceError
 from .errors import UnknownNameError as UnknownNameError
 from .hookspecs import hookimpl as hookimpl
 from .learner import Learner as Learner
@@ -72,6 +75,7 @@ from .rl import policy_kl as policy_kl
 from .rundir import MetricsRecord as MetricsRecord
 from .rundir import RunDir as RunDir
 from .rundir import atomic_write as atomic_write
+from .rundir import strict_json as strict_json
 from .task import SPLITS as SPLITS
 from .task import BatchSources as BatchSources
 from .task import Metric as Metric
@@ -83,6 +87,7 @@ from .task import TaskFamily as TaskFamily
 from .task import TaskObjective as TaskObjective
 
 __all__ = [
+    "SAVED_DEFAULT",
     "SPLITS",
     "STRATEGIES",
     "Adam",
@@ -111,6 +116,7 @@ __all__ = [
     "ModelConfig",
     "ModelIO",
     "ModelPlugin",
+    "NonFiniteError",
     "OuterConfig",
     "OuterOptimizer",
     "OuterStepReport",
@@ -122,6 +128,7 @@ __all__ = [
     "PolicyOuterOptimizer",
     "PolicyTerms",
     "Preset",
+    "ResourceError",
     "RolloutConfig",
     "RolloutTaskFamily",
     "RunConfig",
@@ -157,4 +164,5 @@ __all__ = [
     "rng",
     "rundir",
     "sgd",
+    "strict_json",
 ]

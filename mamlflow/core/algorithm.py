@@ -60,6 +60,15 @@ class Algorithm(ABC):
         """
         return inner.first_order
 
+    def evaluation_note(self, inner: InnerConfig, steps: int) -> str | None:
+        """What evaluating ``steps`` adaptation steps means for a run trained with ``inner``.
+
+        None by default. An algorithm whose learned tensors only have a meaning for the steps
+        they were trained for (Meta-SGD's rates, MAML++'s per-step rates) says what the extra
+        steps reuse, and ``metaflow eval`` prints it as a warning.
+        """
+        return None
+
     def step_weights(
         self, inner: InnerConfig, iteration: int, iterations: int
     ) -> tuple[float, ...] | None:

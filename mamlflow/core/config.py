@@ -15,11 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "SAVED_DEFAULT",
     "AlgorithmConfig",
     "CallbackConfig",
     "EvalConfig",
@@ -30,15 +39,52 @@ __all__ = [
     "PluginConfig",
     "Preset",
     "RunConfig",
+    "StrictConfig",
     "TaskConfig",
     "TrainConfig",
 ]
 
 
-class PluginConfig(BaseModel):
-    """Frozen, strict configuration of one component; ``name`` selects the component."""
+SAVED_DEFAULT = "saved_default"
+"""Key of a field's ``json_schema_extra``: the value a run saved before the field existed used.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+A new option whose default changes what an older run did (``Field("new", json_schema_extra=
+{SAVED_DEFAULT: "old"})``): loading an older run's ``config.json``, which lacks the key, gives
+it the old value, so evaluating or resuming that run does what it did.
+"""
+
+
+class StrictConfig(BaseModel):
+    """What every config section is: frozen, no unknown keys, finite numbers, no true-for-1.
+
+    A float option rejects ``inf`` and ``nan`` (a learning rate or a time limit that is not a
+    number trains on NaN or never stops), and a number option rejects ``true``/``false``, which
+    pydantic would otherwise read as 1 and 0.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is None or not _holds_bool(value):
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if annotation is bool or bool in get_args(annotation):
+            return value
+        raise PydanticCustomError(
+            "bool_for_number", "Input should be a number, not true or false; write e.g. 1"
+        )
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list | tuple) and any(isinstance(v, bool) for v in value)
+
+
+class PluginConfig(StrictConfig):
+    """Frozen, strict configuration of one component; ``name`` selects the component."""
 
     name: str
 
@@ -82,7 +128,7 @@ class OuterConfig(PluginConfig):
     )
 
 
-class CallbackConfig(BaseModel):
+class CallbackConfig(StrictConfig):
     """Options of one callback, set under ``callbacks.<name>`` (e.g. ``callbacks.csv``).
 
     Frozen and strict like every plugin config, so a misspelled option is an error. The
@@ -90,11 +136,9 @@ class CallbackConfig(BaseModel):
     ``name`` field. A callback without options uses this class as it is.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Section(StrictConfig):
+    pass
 
 
 class TrainConfig(_Section):
@@ -174,7 +218,12 @@ class RunConfig(_Section):
     """A fully resolved run configuration, saved as ``config.json`` in the run directory."""
 
     preset: str | None = Field(None, description="the preset this run started from")
-    seed: int = Field(0, description="seeds initialisation and every task sample")
+    seed: int = Field(
+        0,
+        ge=-(2**63),
+        lt=2**64,
+        description="seeds initialisation and every task sample (a 64-bit integer)",
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     task: SerializeAsAny[TaskConfig]
     model: SerializeAsAny[ModelConfig]

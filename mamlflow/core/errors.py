@@ -6,12 +6,16 @@ Every error carries a one-line message that says what is wrong and how to fix it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
     "MamlflowError",
+    "NonFiniteError",
     "PluginError",
+    "ResourceError",
     "UnknownNameError",
 ]
 
@@ -23,12 +27,15 @@ class MamlflowError(Exception):
 
 
 class ConfigError(MamlflowError):
-    """A configuration value is invalid; ``issues`` holds one line per bad key."""
+    """A configuration value is invalid; ``issues`` holds one line per bad key.
+
+    ``ConfigError("task.ways: must be at most 20")`` for one problem, or a list of such lines.
+    """
 
     exit_code = 2
 
-    def __init__(self, issues: list[str]) -> None:
-        self.issues = list(issues)
+    def __init__(self, issues: str | Sequence[str]) -> None:
+        self.issues = [issues] if isinstance(issues, str) else [str(i) for i in issues]
         super().__init__("\n".join(self.issues))
 
 
@@ -48,3 +55,11 @@ class DataError(MamlflowError):
 
 class CheckpointError(MamlflowError):
     """A checkpoint or run directory cannot be used."""
+
+
+class NonFiniteError(MamlflowError):
+    """Training produced NaN or inf: the run stops and keeps its last good checkpoint."""
+
+
+class ResourceError(MamlflowError):
+    """The machine lacks what a run needs: memory for its model or batch, or disk space."""

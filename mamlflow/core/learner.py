@@ -26,9 +26,11 @@ Params = dict[str, Tensor]
 class ModelPlugin(ABC):
     """Builds an ``nn.Module`` for a task family's ``ModelIO``.
 
-    Modules must be safe under ``vmap`` of a second-order step. In particular, do not call
-    ``F.batch_norm`` with affine weight/bias (functorch #534 gives wrong meta-gradients with
-    torch 2.13); compute normalisation with plain tensor ops instead.
+    Modules must be safe under ``vmap`` of a second-order step. torch's affine normalisation
+    layers are not (``nn.LayerNorm``, ``nn.BatchNorm*``, ``nn.InstanceNorm*`` and their
+    functional forms give wrong meta-gradients with torch 2.13, functorch #534): use
+    ``mamlflow.nn.LayerNorm``, ``BatchNorm`` and ``GroupNorm``, built from plain tensor ops.
+    ``mamlflow.nn.vmap_unsafe_layers(module)`` lists the unsafe layers of a module.
     """
 
     name: ClassVar[str]

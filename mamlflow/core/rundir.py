@@ -9,7 +9,9 @@ line of ``metrics.jsonl``.
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ __all__ = [
     "RunDir",
     "atomic_write",
     "read_records",
+    "strict_json",
 ]
 
 CONFIG = "config.json"
@@ -104,8 +107,43 @@ class RunDir:
         return self.path / f"examples_k{shots}.png"
 
     def holds_run(self) -> bool:
-        """Whether a run was started here (a config or a checkpoint exists)."""
-        return self.config.exists() or self.checkpoint.exists()
+        """Whether a run has written a checkpoint here: what ``--resume`` continues, and what a
+        new run must not overwrite. An attempt that ended before its first checkpoint does not
+        count: its directory may be reused."""
+        return self.checkpoint.exists()
+
+    def is_free(self) -> bool:
+        """Whether a new run may start here: no checkpoint, and any config is a dead attempt's.
+
+        A directory is free when it does not exist, or holds no checkpoint and no config.json
+        but one mamlflow wrote (an attempt that died before its first checkpoint, whose files
+        ``remove_leftovers`` deletes). A config.json of anything else is never overwritten.
+        """
+        if self.holds_run():
+            return False
+        if not self.config.exists():
+            return True
+        try:
+            saved = json.loads(self.config.read_bytes())
+        except (OSError, ValueError):
+            return False
+        return isinstance(saved, dict) and {"config", "provenance"} <= saved.keys()
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete what a run writes before its first checkpoint (config, metrics, manifest).
+
+        For reusing the directory of an attempt that wrote no checkpoint; returns what it removed.
+        """
+        removed = []
+        for path in (self.config, self.metrics, self / METRICS_CSV, self.task_manifest):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+        events = self / TENSORBOARD
+        if events.is_dir():
+            shutil.rmtree(events)
+            removed.append(events)
+        return removed
 
 
 @dataclass(frozen=True)
@@ -161,10 +199,30 @@ class MetricsRecord(Mapping[str, Any]):
         return len(self.as_json())
 
 
+def strict_json(value: Any, **dumps: Any) -> str:
+    """``json.dumps`` that never writes ``NaN`` or ``Infinity``: non-finite floats become null.
+
+    Strict JSON parsers reject those tokens, and every JSON file the project writes is read by
+    them (the counts of non-finite values are reported beside them where they matter).
+    """
+    return json.dumps(_finite(value), allow_nan=False, **dumps)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a line cut short by a crash is skipped, not an error."""
+    """The records of a metrics.jsonl; a line cut short by a crash or garbled is skipped."""
     records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
+    text = path.read_bytes().decode("utf-8", errors="replace") if path.is_file() else ""
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:

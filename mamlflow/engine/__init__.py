@@ -39,9 +39,12 @@ from .distributed import check_device as check_device
 from .distributed import from_env as from_env
 from .distributed import launched_by_torchrun as launched_by_torchrun
 from .distributed import threads_per_process as threads_per_process
+from .evaluation import DIVERGED as DIVERGED
 from .evaluation import EvalExamples as EvalExamples
 from .evaluation import EvalResult as EvalResult
 from .evaluation import evaluate as evaluate
+from .guard import plugin_code as plugin_code
+from .guard import writing as writing
 from .host import AUTOLOAD_ENV as AUTOLOAD_ENV
 from .host import BUILTINS as BUILTINS
 from .host import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
@@ -53,6 +56,11 @@ from .host import PluginHost as PluginHost
 from .host import PluginWarning as PluginWarning
 from .host import get_host as get_host
 from .host import reset_host as reset_host
+from .locking import EVAL_LOCK as EVAL_LOCK
+from .locking import RUN_LOCK as RUN_LOCK
+from .locking import check_unlocked as check_unlocked
+from .locking import remove_stale_temporaries as remove_stale_temporaries
+from .locking import run_lock as run_lock
 from .resolution import ConfigField as ConfigField
 from .resolution import ResolvedConfig as ResolvedConfig
 from .resolution import as_resolved as as_resolved
@@ -77,8 +85,11 @@ __all__ = [
     "COMPILED_STRATEGIES",
     "DEFAULT_TIMEOUT_S",
     "DIST_TIMEOUT_ENV",
+    "DIVERGED",
     "ENTRY_POINT_GROUP",
+    "EVAL_LOCK",
     "ORDERS",
+    "RUN_LOCK",
     "STRICT_ENV",
     "THREADS_ENV",
     "AutoChoice",
@@ -110,6 +121,7 @@ __all__ = [
     "benchmark",
     "build_components",
     "check_device",
+    "check_unlocked",
     "config_schema",
     "count_flops",
     "device_name",
@@ -124,10 +136,14 @@ __all__ = [
     "matmul_peak_gflops",
     "parse_set",
     "peak_memory_mib",
+    "plugin_code",
+    "remove_stale_temporaries",
     "reset_host",
     "resolve",
     "resolve_device",
+    "run_lock",
     "save_checkpoint",
     "save_resolved",
     "threads_per_process",
+    "writing",
 ]

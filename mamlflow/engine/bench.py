@@ -576,6 +576,7 @@ def _auto(
             autocast=components.autocast,
             factory=components.meta_steps(),
             strategies=components.algorithm.strategies or STRATEGIES,
+            module=components.learner.module,
         )
     except Exception as exc:  # like a strategy's failure: reported, not raised
         return AutoChoice("failed", _one_line(exc))

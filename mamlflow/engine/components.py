@@ -20,6 +20,7 @@ from ..core import (
     TaskObjective,
 )
 from ..kernels import make_meta_step
+from .guard import plugin_code
 from .host import PluginHost
 from .sources import BatchSource, batch_source
 
@@ -90,15 +91,23 @@ def build_components(config: RunConfig, host: PluginHost) -> Components:
 
     The model is initialised under ``torch.manual_seed(config.seed)``, so a seed fixes θ₀.
     """
-    family = host.task_family(config.task.name)(config.task)
-    model_plugin = host.model(config.model.name)(config.model)
-    algorithm = host.algorithm(config.algorithm.name)(config.algorithm)
+    family_who = f"task family '{config.task.name}'"
+    model_who = f"model '{config.model.name}'"
+    algorithm_who = f"algorithm '{config.algorithm.name}'"
+    with plugin_code(family_who, "__init__()", smaller="the task (task.*)"):
+        family = host.task_family(config.task.name)(config.task)
+    with plugin_code(algorithm_who, "__init__()"):
+        algorithm = host.algorithm(config.algorithm.name)(config.algorithm)
     device = resolve_device(config.device)
     dtype = _DTYPES[config.kernel.dtype]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        module = model_plugin.build(family.io)
-    learner = Learner(module).to(device, dtype)
-    return Components(
-        config, family, learner, algorithm, algorithm.adapter(config.inner), device, dtype
-    )
+    with plugin_code(family_who, "io"):
+        io = family.io
+    with plugin_code(model_who, "build()", smaller="the model (model.*)"):
+        model_plugin = host.model(config.model.name)(config.model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            module = model_plugin.build(io)
+        learner = Learner(module).to(device, dtype)
+    with plugin_code(algorithm_who, "adapter()"):
+        adapter = algorithm.adapter(config.inner)
+    return Components(config, family, learner, algorithm, adapter, device, dtype)

@@ -12,12 +12,23 @@ from torch import Tensor
 from ..core import Params, Split, TaskBatch
 from .components import Components
 
-__all__ = ["EvalExamples", "EvalResult", "evaluate"]
+__all__ = ["DIVERGED", "EvalExamples", "EvalResult", "evaluate"]
+
+
+DIVERGED = 10.0
+"""A task's loss (``mse``) that grows past this many times its value before adaptation has
+diverged: adapting made it an order of magnitude worse than not adapting at all."""
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean and 95% interval of the metric per number of adaptation steps."""
+    """The metric per number of adaptation steps: mean, 95% interval, median, failures.
+
+    A few tasks whose inner loop diverges can dominate a mean while the median falls steadily;
+    ``diverged`` counts them per step (a non-finite score, or an ``mse`` more than ``DIVERGED``
+    times its value before adaptation) and ``nonfinite`` those whose score is NaN or inf, which
+    make the mean NaN (``null`` in JSON).
+    """
 
     metric: str
     shots: int
@@ -25,8 +36,12 @@ class EvalResult:
     mean: list[float]
     ci95: list[float]
     tasks: int
+    median: list[float]
+    nonfinite: list[int]
+    diverged: list[int]
 
     def as_json(self) -> dict[str, Any]:
+        """The JSON object ``metaflow eval --json`` prints; pass it through ``strict_json``."""
         return {
             "metric": self.metric,
             "shots": self.shots,
@@ -34,7 +49,23 @@ class EvalResult:
             "mean": self.mean,
             "ci95": self.ci95,
             "tasks": self.tasks,
+            "median": self.median,
+            "nonfinite": self.nonfinite,
+            "diverged": self.diverged,
         }
+
+    def warnings(self) -> list[str]:
+        """One line per problem worth saying: diverged tasks, where they first appear."""
+        first = next((s for s, n in zip(self.steps, self.diverged, strict=True) if n), None)
+        if first is None:
+            return []
+        worst = max(self.diverged)
+        return [
+            f"K={self.shots}: {worst} of {self.tasks} tasks diverged from step {first} on (their "
+            f"{self.metric} is not finite or grew more than {DIVERGED:g}x); the mean is "
+            f"dominated by them, the median after {self.steps[-1]} steps is "
+            f"{self.median[-1]:.4g}"
+        ]
 
 
 @dataclass(frozen=True)
@@ -93,12 +124,25 @@ def evaluate(
 def _summary(
     metric: str, shots: int, steps: int, all_scores: Tensor, examples: EvalExamples | None
 ) -> tuple[EvalResult, EvalExamples]:
-    """Mean and 95% interval over tasks of ``all_scores`` ``(tasks, steps + 1)``."""
+    """Mean, 95% interval, median and failures over tasks of ``all_scores`` ``(tasks, S+1)``."""
     tasks = all_scores.shape[0]
     mean = all_scores.mean(0)
     ci95 = 1.96 * all_scores.std(0, unbiased=True) / math.sqrt(all_scores.shape[0])
+    finite = torch.isfinite(all_scores)
+    diverged = ~finite
+    if metric == "mse":
+        diverged |= all_scores > DIVERGED * all_scores[:, :1]
+    median = all_scores.nanmedian(0).values
     assert examples is not None
-    return (
-        EvalResult(metric, shots, list(range(steps + 1)), mean.tolist(), ci95.tolist(), tasks),
-        examples,
+    result = EvalResult(
+        metric,
+        shots,
+        list(range(steps + 1)),
+        mean.tolist(),
+        ci95.tolist(),
+        tasks,
+        median=median.tolist(),
+        nonfinite=(~finite).sum(0).tolist(),
+        diverged=diverged.sum(0).tolist(),
     )
+    return result, examples

@@ -22,7 +22,14 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from ..core import CheckpointError, ConfigError, RunConfig, UnknownNameError, atomic_write
+from ..core import (
+    SAVED_DEFAULT,
+    CheckpointError,
+    ConfigError,
+    RunConfig,
+    UnknownNameError,
+    atomic_write,
+)
 from ._validation import DEFAULT, PLUGIN_SECTIONS, source_of, validate
 from .host import PluginHost
 
@@ -106,19 +113,17 @@ def load_config_file(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError([f"{path}: cannot read config file ({error.strerror})"]) from None
     try:
-        if suffix == ".toml":
-            data: Any = tomllib.loads(raw.decode("utf-8"))
-        elif suffix == ".json":
-            data = json.loads(raw)
-        else:
-            data = yaml.load(raw, Loader=_Loader)
-            data = {} if data is None else data  # an empty YAML file is an empty config
+        data = _parse(raw, suffix) if raw.strip() else None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text; save the file as UTF-8"]) from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
         kind = {".toml": "TOML", ".json": "JSON"}.get(suffix, "YAML")
         problem = _yaml_problem(error) if isinstance(error, yaml.YAMLError) else str(error)
         raise ConfigError([f"{path}: invalid {kind}: {problem}; fix the syntax"]) from None
+    if data is None:
+        # An empty (or comments-only) file sets nothing, whatever its format: TOML parses it as
+        # an empty table, YAML as null, and JSON cannot parse it at all.
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(
             [f"{path}: the top level must be a mapping of config keys, not {type(data).__name__}"]
@@ -127,6 +132,14 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if bad_key is not None:
         raise ConfigError([f"{path}: key {bad_key!r} is not a string; config keys are names"])
     return data
+
+
+def _parse(raw: bytes, suffix: str) -> Any:
+    if suffix == ".toml":
+        return tomllib.loads(raw.decode("utf-8"))
+    if suffix == ".json":
+        return json.loads(raw)
+    return yaml.load(raw, Loader=_Loader)
 
 
 def resolve(
@@ -236,11 +249,39 @@ def load_saved(host: PluginHost, path: Path) -> ResolvedConfig:
             f"{path}: not a saved mamlflow config (expected 'config' and 'provenance' mappings); "
             "restore it or start a new run"
         )
+    config, predated = _with_saved_defaults(host, config)
+    saved = {**saved, **{key: "run saved before the option existed" for key in predated}}
     # Errors name the saved file; the returned provenance is the one the run was resolved with.
     source = f"file {path}"
     error_sources = {key: source for key in _leaf_keys(config)}
     validated = validate(host, config, error_sources, [], saved=True)
     return ResolvedConfig(validated, _leaf_provenance(validated, saved))
+
+
+def _with_saved_defaults(
+    host: PluginHost, config: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """A saved config with the keys it predates set to what its run used (``SAVED_DEFAULT``),
+    and those keys (dotted)."""
+    filled, predated = dict(config), []
+    for section, (lookup, _) in PLUGIN_SECTIONS.items():
+        raw = filled.get(section)
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
+            continue
+        try:
+            model = getattr(host, lookup)(raw["name"]).Config
+        except UnknownNameError:
+            continue  # validation reports the unknown name
+        missing = {
+            key: extra[SAVED_DEFAULT]
+            for key, info in model.model_fields.items()
+            if key not in raw
+            and isinstance(extra := info.json_schema_extra, dict)
+            and SAVED_DEFAULT in extra
+        }
+        filled[section] = {**raw, **missing}
+        predated += [f"{section}.{key}" for key in missing]
+    return filled, predated
 
 
 # --- Schema listing --------------------------------------------------------------------------

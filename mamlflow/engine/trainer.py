@@ -14,8 +14,8 @@ update. Rank 0 alone writes the run directory, validates and calls callbacks.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ from ..core import (
     ConfigError,
     MetaStep,
     MetricsRecord,
+    NonFiniteError,
     OuterOptimizer,
     OuterStepReport,
     Params,
@@ -45,13 +46,16 @@ from ..core import (
     TrainSummary,
     atomic_write,
     rundir,
+    strict_json,
 )
 from ..kernels import Selection, select_meta_step
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .components import build_components
 from .distributed import Dist, DistributedError
 from .evaluation import evaluate
+from .guard import plugin_code, writing
 from .host import PluginHost
+from .locking import remove_stale_temporaries, run_lock
 from .resolution import ResolvedConfig, as_resolved, load_saved, save_resolved
 
 __all__ = ["Trainer"]
@@ -90,6 +94,8 @@ class _Run:
     interval: _Interval = field(default_factory=_Interval)
     last_record: MetricsRecord | None = None
     stopped_by: str = "iterations"
+    first_nonfinite: Tensor = field(default_factory=lambda: torch.tensor(-1))
+    """The first iteration whose meta-loss was not finite, or -1 (on the device)."""
     steps_by_kind: dict[tuple[bool, bool], MetaStep] = field(default_factory=dict)
 
     @property
@@ -142,11 +148,12 @@ class Trainer:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.files = RunDir(self.run_dir)
-        if not resume and self.files.holds_run():
+        if not resume and not self.files.is_free():
             raise CheckpointError(
                 f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
                 "(Trainer(..., resume=True)) or choose another run directory"
             )
+        _check_can_write(self.run_dir)
         self.resolved = self._resolved(config, host, resume)
         self.config: RunConfig = self.resolved.config
         self.dist = Dist() if dist is None else dist
@@ -168,18 +175,28 @@ class Trainer:
         self.on_step = on_step
         self.selection: Selection | None = None
 
-    def request_stop(self) -> None:
-        """Finish the current iteration, write a checkpoint and return (e.g. on Ctrl-C).
+    def request_stop(self, reason: str = "interrupted") -> None:
+        """Finish the current iteration, write a checkpoint and return (Ctrl-C, SIGTERM).
 
         Safe to call from a signal handler: the loop only checks a flag between steps, so the
-        checkpoint never holds a half-applied optimizer step.
+        checkpoint never holds a half-applied optimizer step. ``reason`` becomes
+        ``TrainSummary.stopped_by`` (``"interrupted"``, ``"terminated"``).
         """
-        self.control.request_stop("interrupted")
+        self.control.request_stop(reason)
 
     def fit(self) -> TrainSummary:
-        """Train until ``train.iterations``, the time limit or a stop request; checkpoint."""
+        """Train until ``train.iterations``, the time limit or a stop request; checkpoint.
+
+        Rank 0 holds the run directory's lock throughout (a second process is refused with one
+        line) and first removes what a killed run left: temporary files, and the files of an
+        attempt that wrote no checkpoint.
+        """
         try:
-            return self._fit()
+            if not self.dist.is_main:
+                return self._fit()
+            with run_lock(self.run_dir, "training"):
+                self._tidy()
+                return self._fit()
         except DistributedError as exc:
             # Say what the user still has: the run directory outlives the processes.
             if self.files.checkpoint.is_file():
@@ -190,6 +207,16 @@ class Trainer:
             else:
                 kept = "no checkpoint was written yet: start the run again"
             raise DistributedError(f"{exc}; {kept}") from exc
+
+    def _tidy(self) -> None:
+        """Under the lock: drop a killed writer's temporaries and a checkpoint-less attempt."""
+        for path in remove_stale_temporaries(self.run_dir):
+            log.info("removed %s, left by a run that was killed while writing it", path.name)
+        if not self.resume and not self.files.holds_run():
+            removed = self.files.remove_leftovers()
+            if removed:
+                names = ", ".join(sorted(p.name for p in removed))
+                log.info("removed %s of an earlier attempt that wrote no checkpoint", names)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -256,12 +283,15 @@ class Trainer:
         """Write what the run directory must hold before the first step; start the callbacks."""
         family = self.components.family
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_resolved(self.resolved, self.files.config)
-            manifest = family.manifest()
+            with writing(rundir.CONFIG, self.run_dir):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                save_resolved(self.resolved, self.files.config)
+            with plugin_code(self._family_who, "manifest()"):
+                manifest = family.manifest()
             if manifest:
-                content = json.dumps(manifest, indent=1).encode()
-                atomic_write(self.files.task_manifest, content)
+                content = strict_json(manifest, indent=1).encode()
+                with writing(rundir.TASK_MANIFEST, self.run_dir):
+                    atomic_write(self.files.task_manifest, content)
         state = TrainStart(
             iteration=run.start,
             config=self.config,
@@ -270,7 +300,8 @@ class Trainer:
             best=run.best,
         )
         for cb in self.callbacks:
-            cb.on_train_start(state)
+            with plugin_code(f"callback '{cb.name}'", "on_train_start()"):
+                cb.on_train_start(state)
         run.t0 = run.last_checkpoint = time.perf_counter()
         run.interval = _Interval()
 
@@ -290,14 +321,15 @@ class Trainer:
         total = cfg.train.iterations
         data = None
         if len(self._task_index):  # more processes than tasks leaves some without any
-            data = c.family.sample(cfg.seed, run.iteration, self._task_index)
-            data = c.source.meta_batch(
-                data.to(c.device, c.dtype),
-                run.params,
-                run.learnables,
-                seed=cfg.seed,
-                iteration=run.iteration,
-            )
+            with plugin_code(self._family_who, "sample()", smaller="train.meta_batch_size"):
+                data = c.family.sample(cfg.seed, run.iteration, self._task_index)
+                data = c.source.meta_batch(
+                    data.to(c.device, c.dtype),
+                    run.params,
+                    run.learnables,
+                    seed=cfg.seed,
+                    iteration=run.iteration,
+                )
         first_order = c.algorithm.first_order(cfg.inner, run.iteration, total)
         weights = c.algorithm.step_weights(cfg.inner, run.iteration, total)
         return _Batch(data, first_order, weights)
@@ -311,7 +343,15 @@ class Trainer:
             scale = torch.tensor(batch.weights, dtype=c.dtype, device=c.device) * self._scale
         if batch.data is None:
             return _no_tasks(run.params, run.learnables)
-        return meta_step(run.params, run.learnables, batch.data.support, batch.data.query, scale)
+        support, query = batch.data.support, batch.data.query
+        with plugin_code(self._step_who, "the meta-step", smaller="train.meta_batch_size"):
+            result = meta_step(run.params, run.learnables, support, query, scale)
+        # Kept on the device, no sync: the first iteration whose meta-loss is not finite.
+        bad = ~torch.isfinite(result.loss.detach())
+        run.first_nonfinite = torch.where(
+            bad & (run.first_nonfinite < 0), run.iteration, run.first_nonfinite
+        )
+        return result
 
     def _update(self, run: _Run, batch: _Batch, result: StepResult) -> None:
         """The outer step on the summed meta-gradient."""
@@ -328,7 +368,8 @@ class Trainer:
             first_order=batch.first_order,
             reduce=self.dist.all_reduce_,
         )
-        run.interval.outer = run.outer.step(run.optimizer, terms)
+        with plugin_code(f"outer optimizer '{self.config.outer.name}'", "step()"):
+            run.interval.outer = run.outer.step(run.optimizer, terms)
         run.iteration += 1
 
     def _log(self, run: _Run, result: StepResult, logged: Tensor | None) -> None:
@@ -361,8 +402,10 @@ class Trainer:
             record.update(self._validation(run))
         run.last_record = MetricsRecord(elapsed=run.elapsed(), **record)
         for cb in self.callbacks:
-            cb.on_log(run.last_record)
+            with plugin_code(f"callback '{cb.name}'", "on_log()"):
+                cb.on_log(run.last_record)
         run.interval = _Interval()
+        self._check_finite(run)
 
     def _validation(self, run: _Run) -> dict[str, Any]:
         """Validate, keep the best checkpoint, and return the record's validation fields."""
@@ -385,11 +428,13 @@ class Trainer:
         )
         # The last step and a stopping run write their final checkpoint in _finish.
         if due and run.iteration < train.iterations and self.control.stop_reason is None:
+            self._check_finite(run)
             self._save(run, finished=False)
 
     def _finish(self, run: _Run) -> TrainSummary:
         """The final checkpoint, the summary, and the callbacks' end."""
         total = self.config.train.iterations
+        self._check_finite(run)
         self._save(run, finished=run.iteration >= total)
         run_time = time.perf_counter() - run.t0
         record = run.last_record
@@ -406,7 +451,8 @@ class Trainer:
             return_after=record.return_after if record else None,
         )
         for cb in self.callbacks:
-            cb.on_train_end(summary)
+            with plugin_code(f"callback '{cb.name}'", "on_train_end()"):
+                cb.on_train_end(summary)
         return summary
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -425,9 +471,38 @@ class Trainer:
             finished=finished,
             best=run.best,
         )
-        save_checkpoint(self.run_dir, checkpoint, name)
+        with writing(name, self.run_dir):
+            save_checkpoint(self.run_dir, checkpoint, name)
         if name == rundir.CHECKPOINT:
             run.last_checkpoint = time.perf_counter()
+
+    def _check_finite(self, run: _Run) -> None:
+        """Stop with one line if a meta-loss or a parameter stopped being a finite number.
+
+        Called at every metrics record and before every checkpoint (one host sync each), so no
+        checkpoint ever holds NaN parameters: the last good one is kept.
+        """
+        first = int(run.first_nonfinite)
+        if first < 0 and all(bool(torch.isfinite(p).all()) for p in run.leaves):
+            return
+        at = f"iteration {first + 1}'s meta-loss" if first >= 0 else "the parameters"
+        if self.files.checkpoint.is_file():
+            kept = f"its last good {rundir.CHECKPOINT} is kept"
+        else:
+            kept = "it wrote no checkpoint (the directory can be reused)"
+        raise NonFiniteError(
+            f"{at} is not a finite number (NaN or inf): the run stopped and {kept}; lower "
+            "outer.lr or inner.lr, or clip the meta-gradient (outer.clip_norm)"
+        )
+
+    @property
+    def _family_who(self) -> str:
+        return f"task family '{self.config.task.name}'"
+
+    @property
+    def _step_who(self) -> str:
+        cfg = self.config
+        return f"task family '{cfg.task.name}' with model '{cfg.model.name}'"
 
     @property
     def _batch_size(self) -> int:
@@ -486,11 +561,13 @@ class Trainer:
         return run.steps_by_kind[kind]
 
     def _select(self, run: _Run, batch: _Batch) -> Selection:
-        """The meta-step: ``select_meta_step``, with rank 0's choice where ``auto`` measures.
+        """The meta-step: ``select_meta_step``, with rank 0's choice in a run of several processes.
 
-        Timings differ between processes, and a rank without tasks has nothing to time, so
-        rank 0 alone measures and every process then builds the kernel it chose: all of them
-        run the same one (and a resumed run keeps it, from rank 0's checkpoint).
+        Timings differ between processes, and a rank without tasks has nothing to time or check,
+        so rank 0 alone measures (``auto``) or checks an explicit fast strategy against the loop,
+        and every process then builds the kernel it chose, or raises the ``ConfigError`` it
+        raised: all of them run the same one (and a resumed run keeps it, from rank 0's
+        checkpoint).
         """
         cfg, c = self.config, self.components
         limit = cfg.train.time_limit
@@ -515,17 +592,26 @@ class Trainer:
             "autocast": c.autocast,
             "factory": c.meta_steps(),
             "strategies": c.algorithm.strategies or STRATEGIES,
+            "module": c.learner.module,  # to name its vmap-unsafe layers
         }
         objective, adapter, requested = c.objective(), c.adapter, run.strategy
         dist = self.dist
-        if dist.world_size == 1 or requested != "auto":
+        if dist.world_size == 1:
             return select_meta_step(requested, objective, adapter, **options)
-        if dist.is_main:
-            selection = select_meta_step(requested, objective, adapter, **options)
+        if dist.is_main:  # measures (auto) or checks (explicit) for every process
+            try:
+                selection = select_meta_step(requested, objective, adapter, **options)
+            except ConfigError as exc:  # refused: every process stops with the same line
+                dist.broadcast_object((None, exc.issues), "sharing the kernel")
+                raise
             dist.broadcast_object((selection.strategy, selection.reason), "sharing the kernel")
             return selection
         chosen, reason = dist.broadcast_object(None, "sharing the kernel")
-        selection = select_meta_step(chosen, objective, adapter, **options)
+        if chosen is None:
+            raise ConfigError(reason)
+        selection = select_meta_step(chosen, objective, adapter, **options, verify=False)
+        if requested != "auto":
+            return selection
         return Selection(selection.strategy, selection.step, f"rank 0 measured: {reason}")
 
     def _sum_over_processes(
@@ -601,6 +687,25 @@ class Trainer:
                 f"(expected {sorted(expected)} with their shapes); resume with the run's own "
                 "config.json, unchanged"
             )
+
+
+def _check_can_write(run_dir: Path) -> None:
+    """Refuse, before anything is built, a run directory that cannot be made or written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is a file, not a directory; choose another run directory")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CheckpointError(
+            f"cannot make {run_dir}: {existing} is a file, not a directory; choose another run "
+            "directory"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(
+            f"cannot write in {existing} (read-only or not yours), so {run_dir} cannot hold a run; "
+            "choose a run directory you can write"
+        )
 
 
 def _empty_batch(device: torch.device) -> TaskBatch:

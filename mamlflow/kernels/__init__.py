@@ -82,16 +82,29 @@ def sample_episodes(
     shots: int,
     queries: int,
     *,
+    random_rotation: bool = False,
     parallel: bool = False,
 ) -> Episodes:
     """Gather N-way K-shot episodes with the numba kernel, bit-identical to the NumPy twin.
 
     See ``sample_episodes_reference`` for the arguments; call ``numba_available()`` first.
-    ``parallel`` spreads the tasks over numba's threads (slower on a small shared CPU).
+    ``random_rotation`` draws distinct characters (``pool`` holds upright ids), each at a random
+    rotation, instead of distinct classes. ``parallel`` spreads the tasks over numba's threads
+    (slower on a small shared CPU).
     """
     from ._episodes import sample_episodes as kernel  # imports numba
 
-    return kernel(images, pool, key, task_index, ways, shots, queries, parallel=parallel)
+    return kernel(
+        images,
+        pool,
+        key,
+        task_index,
+        ways,
+        shots,
+        queries,
+        random_rotation=random_rotation,
+        parallel=parallel,
+    )
 
 
 def numba_available() -> bool:

@@ -59,6 +59,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S27, _S30, _S31, _S32 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(32)
 _ZERO, _ONE = np.uint64(0), np.uint64(1)
+_N_ROTATIONS = np.uint64(ROTATIONS)
 _INK = np.float32(255.0)
 
 
@@ -120,6 +121,7 @@ def _sample_kernel(
     key: np.uint64,
     task_index: np.ndarray,
     shots: int,
+    random_rotation: bool,
     classes: np.ndarray,
     drawings: np.ndarray,
     support_x: np.ndarray,
@@ -135,10 +137,15 @@ def _sample_kernel(
     n_drawings = np.uint64(images.shape[1])
     for t in prange(n_tasks):
         row = _mix(task_index[t] ^ key)
-        # Pool positions first, then each class's drawings, on one running counter j.
+        # Pool positions first, then the rotations (if drawn), then each class's drawings, on
+        # one running counter j.
         j = _draw_distinct(row, _ZERO, n_pool, classes[t])
         for c in range(ways):
             classes[t, c] = pool[classes[t, c]]
+        if random_rotation:
+            for c in range(ways):
+                classes[t, c] += np.int64(((_mix(row + j) >> _S32) * _N_ROTATIONS) >> _S32)
+                j += _ONE
         for c in range(ways):
             j = _draw_distinct(row, j, n_drawings, drawings[t, c])
         for c in range(ways):
@@ -167,6 +174,7 @@ def sample_episodes(
     shots: int,
     queries: int,
     *,
+    random_rotation: bool = False,
     parallel: bool = PARALLEL,
 ) -> Episodes:
     """Gather ``len(task_index)`` N-way K-shot episodes (with ``queries`` per class).
@@ -175,13 +183,18 @@ def sample_episodes(
     ids this split may use (``character * 4 + rotation``); ``key`` is
     ``core.rng.derive_key(seed, stream, iteration)``; ``task_index`` the int64 global task indices.
     Task ``t``'s episode depends only on ``key`` and ``task_index[t]`` (and the data and sizes),
-    bit-identical to ``_episodes_ref.sample_episodes_reference``. Raises ``ValueError`` for
-    arguments it cannot sample from. Call ``numba_available()`` first: without a working numba
-    this runs the kernel as plain Python, pixel by pixel: correct, but far slower than the twin.
+    bit-identical to ``_episodes_ref.sample_episodes_reference``. ``random_rotation`` makes the
+    ``ways`` draws distinct characters from a pool of upright ids (``character * 4``), each at a
+    rotation drawn per task and character, instead of distinct classes from the pool. Raises
+    ``ValueError`` for arguments it cannot sample from. Call ``numba_available()`` first: without
+    a working numba this runs the kernel as plain Python, pixel by pixel: correct, but far slower
+    than the twin.
     ``parallel`` runs the tasks on numba's threads (compiled on first use, not cached on disk;
     see ``PARALLEL`` for why it is off by default).
     """
-    key, ways, shots, queries = check_arguments(images, pool, key, task_index, ways, shots, queries)
+    key, ways, shots, queries = check_arguments(
+        images, pool, key, task_index, ways, shots, queries, random_rotation
+    )
     n, (height, width) = len(task_index), images.shape[2:]
     out = Episodes(
         support_x=np.empty((n, ways * shots, 1, height, width), np.float32),
@@ -200,6 +213,7 @@ def sample_episodes(
             np.uint64(key),
             np.ascontiguousarray(task_index).view(np.uint64),  # the same bits, as & MASK does
             shots,
+            bool(random_rotation),
             out.classes,
             out.drawings,
             out.support_x,
@@ -232,25 +246,29 @@ def numba_available() -> bool:
             _IMPORT_ERROR,
         )
         return False
-    # A tiny input with the real dtypes and layouts, so this compiles the signature callers use.
+    # A tiny input with the real dtypes and layouts, so this compiles the signature callers use;
+    # both ways to fill a task: distinct classes of a rotated pool, distinct upright characters.
     images = np.random.default_rng(0).integers(0, 256, (3, 5, 6, 6), dtype=np.uint8)
-    args = (images, np.arange(12, dtype=np.int64), 0x0123_4567_89AB_CDEF)
     task_index = np.array([0, 7, -3], np.int64)
-    try:
-        got = sample_episodes(*args, task_index, 3, 2, 2)
-        want = sample_episodes_reference(*args, task_index, 3, 2, 2)
-    except Exception as error:  # a compile or runtime failure of any kind means "fall back"
-        log.warning(
-            "numba episode kernel failed its probe (%s: %s); sampling with the numpy twin",
-            type(error).__name__,
-            error,
-        )
-        return False
-    differ = [
-        f.name
-        for f in fields(Episodes)
-        if not np.array_equal(getattr(got, f.name), getattr(want, f.name))
-    ]
+    modes = {False: np.arange(12, dtype=np.int64), True: np.arange(0, 12, 4, dtype=np.int64)}
+    differ: list[str] = []
+    for random_rotation, pool in modes.items():
+        args = (images, pool, 0x0123_4567_89AB_CDEF, task_index, 3, 2, 2)
+        try:
+            got = sample_episodes(*args, random_rotation=random_rotation)
+            want = sample_episodes_reference(*args, random_rotation=random_rotation)
+        except Exception as error:  # a compile or runtime failure of any kind means "fall back"
+            log.warning(
+                "numba episode kernel failed its probe (%s: %s); sampling with the numpy twin",
+                type(error).__name__,
+                error,
+            )
+            return False
+        differ += [
+            f"{f.name} (random_rotation={random_rotation})"
+            for f in fields(Episodes)
+            if not np.array_equal(getattr(got, f.name), getattr(want, f.name))
+        ]
     if differ:
         log.warning(
             "numba episode kernel disagrees with its numpy twin on %s; sampling with the twin",

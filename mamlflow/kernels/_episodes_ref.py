@@ -11,8 +11,19 @@ lands in a meta-batch or a shard. The draws are consumed in this order:
 
 1. ``ways`` distinct positions in ``pool``, by rejection: draw ``below(u_j, len(pool))``; if that
    position is already taken, draw again. Every draw, rejected or not, consumes one ``j``.
-2. For each chosen class in order, ``shots + queries`` distinct drawings, by rejection, with the
+2. Only with ``random_rotation``: for each chosen class in order, one rotation
+   ``below(u_j, 4)``, added to its (upright) pool id.
+3. For each chosen class in order, ``shots + queries`` distinct drawings, by rejection, with the
    same running ``j``. The first ``shots`` go to the support set, the rest to the query set.
+
+Two ways to fill a task, the ``random_rotation`` switch:
+
+* off: ``pool`` holds whatever class ids the split may use, rotated ones included, and a task
+  gets ``ways`` distinct classes. Two rotations of one character can share a task.
+* on: ``pool`` holds upright ids (``character * 4``), one per character, so a task gets ``ways``
+  distinct characters, each turned by a rotation drawn per task and character (Finn et al.'s
+  Omniglot sampling). Step 2 reads the same stream, so the task stays a pure function of its key
+  and index.
 
 Labels are the class's position in the chosen order. This module also defines the contract both
 implementations share: ``Episodes``, the argument checks, and ``below``.
@@ -97,6 +108,7 @@ def check_arguments(
     ways: int,
     shots: int,
     queries: int,
+    random_rotation: bool = False,
 ) -> tuple[int, int, int, int]:
     """Raise ``ValueError`` for anything either implementation cannot sample from.
 
@@ -118,6 +130,8 @@ def check_arguments(
     shots = integer("shots", shots, 1)
     queries = integer("queries", queries, 0)
     key = integer("key", key, 0)
+    if not isinstance(random_rotation, (bool, np.bool_)):
+        raise ValueError(f"random_rotation must be True or False, got {random_rotation!r}")
     if key > _MASK:
         raise ValueError(f"key must be a 64-bit unsigned integer (derive_key), got {key}")
     for name, array, dtype, ndim in (
@@ -138,7 +152,8 @@ def check_arguments(
     if len(pool) == 0:
         raise ValueError("pool is empty")
     if ways > len(pool):
-        raise ValueError(f"ways={ways} exceeds the {len(pool)} classes in the pool")
+        what = "characters (upright ids)" if random_rotation else "classes"
+        raise ValueError(f"ways={ways} exceeds the {len(pool)} {what} in the pool")
     if shots + queries > drawings:
         raise ValueError(
             f"shots + queries = {shots + queries} exceeds the {drawings} drawings per character"
@@ -152,7 +167,13 @@ def check_arguments(
     # bincount, not np.unique: ~50x faster on an Omniglot pool, and this runs every meta-batch.
     if np.bincount(pool, minlength=characters * ROTATIONS).max() > 1:
         raise ValueError("pool holds duplicate class ids, so classes in a task could repeat")
-    if height != width and bool(np.any(pool % ROTATIONS != 0)):
+    # Only the cases that need it pay for the pool % 4 pass (the common square one does not).
+    if random_rotation and bool(np.any(rotated := pool % ROTATIONS != 0)):
+        raise ValueError(
+            f"random_rotation draws the rotation itself: the pool must hold upright ids "
+            f"(character * {ROTATIONS}), got {int(pool[np.argmax(rotated)])}"
+        )
+    if height != width and (random_rotation or bool(np.any(pool % ROTATIONS != 0))):
         raise ValueError(f"rotated classes need square images, got {height}x{width}")
     return key, ways, shots, queries
 
@@ -165,15 +186,26 @@ def sample_episodes_reference(
     ways: int,
     shots: int,
     queries: int,
+    *,
+    random_rotation: bool = False,
 ) -> Episodes:
-    """Readable twin of ``mamlflow.kernels._episodes.sample_episodes``: bit-identical output."""
-    key, ways, shots, queries = check_arguments(images, pool, key, task_index, ways, shots, queries)
+    """Readable twin of ``mamlflow.kernels._episodes.sample_episodes``: bit-identical output.
+
+    ``random_rotation`` draws ``ways`` distinct characters from a pool of upright ids, each at a
+    random rotation, instead of ``ways`` distinct classes from the pool (see the module text).
+    """
+    key, ways, shots, queries = check_arguments(
+        images, pool, key, task_index, ways, shots, queries, random_rotation
+    )
     per_class = shots + queries
     support_x, support_y, query_x, query_y, classes, drawings = [], [], [], [], [], []
     for t in task_index.tolist():
         next_draw = _stream(key, t).__next__
         positions = _draw_distinct(next_draw, len(pool), ways)
         task_classes = [int(pool[p]) for p in positions]
+        if random_rotation:
+            # One quarter-turn count per chosen character, after the characters, in their order.
+            task_classes = [c + below(next_draw(), ROTATIONS) for c in task_classes]
         # Drawings are drawn after all the classes, continuing the same stream.
         task_drawings = [_draw_distinct(next_draw, images.shape[1], per_class) for _ in positions]
         xs = []

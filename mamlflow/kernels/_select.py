@@ -9,9 +9,27 @@ batching wins by far. So ``auto`` measures, like cuDNN's benchmark mode:
 2. if the run is long enough to repay a compile (``AUTO_COMPILE_MIN_SECONDS`` of eager time
    left), it compiles the winner's twins (``batched`` → ``compiled``, and ``cudagraphs`` on
    CUDA; ``loop`` → ``compiled-split`` and ``compiled-loop``) and times them too;
-3. it keeps the fastest candidate whose meta-gradient matches the loop's on the probe, computed
-   in IEEE float32 (no TF32 on CUDA, see ``exact_float32``, and no autocast) and timed with the
-   user's settings.
+3. it keeps the fastest candidate whose meta-gradient matches the loop's on the probe.
+
+Matching is checked in float64, whatever the run's dtype: the probe is copied to float64 and the
+eager ``batched`` kernel is compared with the loop there, to ``PARITY_TOLERANCE`` (1e-9) of the
+largest meta-gradient entry. In float32 no tolerance separates the two kinds of difference that
+matter: correct conv-4 kernels differ by up to ~1e-3 of the largest entry (measured on random
+images: batch norm with a small variance amplifies rounding), while torch's vmap of
+``nn.LayerNorm`` is off by only 5.5e-4 on the sinusoid preset (functorch #534); in float64 the
+first is below 1e-15 and the second unchanged.
+A compiled candidate runs the graph of its eager twin (``batched``), so it is kept only if that
+twin passed in float64, and is then checked once more in IEEE float32 (no TF32 on CUDA, see
+``exact_float32``, and no autocast), at float32's tolerance, for what compiling alone can break:
+that costs one compile where a float64 check of the compiled kernel would cost two. Where the
+float64 loop cannot run (a device or model without float64) the check falls back to IEEE float32
+at ``FLOAT32_PARITY_TOLERANCE`` (1e-5): tight enough to refuse the sinusoid LayerNorm bug, at the
+price of possibly refusing a conv net's correct batched kernel there too (speed, not
+correctness).
+
+An explicitly requested fast strategy gets the same float64 check of its eager twin (once per
+signature): a model the batched kernels get wrong is refused with one ``ConfigError`` line that
+names its vmap-unsafe layers (``mamlflow.nn.vmap_unsafe_layers``) and the fix.
 
 The loop is always a candidate, so ``auto`` is never slower than the reference (up to timing
 noise). Measurements are cached per process and signature (model, shapes, device, dtype, order,
@@ -28,7 +46,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..core import (
     STRATEGIES,
@@ -40,11 +58,14 @@ from ..core import (
     Strategy,
     TaskObjective,
 )
+from ..core import nn as safe_nn
 from ._maml import exact_float32, make_meta_step
 
 __all__ = [
     "AUTO_COMPILE_MIN_SECONDS",
     "COMPILED_STRATEGIES",
+    "FLOAT32_PARITY_TOLERANCE",
+    "PARITY_TOLERANCE",
     "MetaStepFactory",
     "Selection",
     "clear_selection_cache",
@@ -61,6 +82,14 @@ COMPILED_STRATEGIES: frozenset[Strategy] = frozenset(
     {"compiled", "compiled-loop", "compiled-split", "cudagraphs"}
 )
 
+PARITY_TOLERANCE = 1e-9
+"""How far (relative to the largest loop entry) a kernel may be from the loop in float64: rounding
+puts correct kernels below 1e-15 (sinusoid MLP, conv-4), the known vmap bugs above 5e-4."""
+
+FLOAT32_PARITY_TOLERANCE = 1e-5
+"""The same, where the check must run in IEEE float32: correct MLP kernels differ by ~3e-7;
+conv nets' correct batched kernels (up to 1e-3) are refused, the safe direction."""
+
 TIE = 1.1
 """A compiled candidate within this factor of the eager winner is still preferred: once warm its
 timings are the steadier, and probe timings are noisy."""
@@ -76,6 +105,35 @@ class Selection:
     timings: Mapping[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    """How far an eager kernel's meta-gradient is from the loop's on the probe."""
+
+    dtype: torch.dtype
+    """The precision it was checked in: float64, or the run's dtype where float64 fails."""
+    discrepancy: float
+    """Largest difference relative to the largest loop entry (inf: it failed to run)."""
+    failure: str = ""
+    """Why it failed to run, in one line."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failure and self.discrepancy <= _tolerance(self.dtype)
+
+    def describe(self) -> str:
+        if self.failure:
+            return f"failed ({self.failure})"
+        precision = str(self.dtype).removeprefix("torch.")
+        return (
+            f"meta-gradient disagrees with the loop by {self.discrepancy:.1e} of its largest "
+            f"entry in {precision}"
+        )
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return PARITY_TOLERANCE if dtype == torch.float64 else FLOAT32_PARITY_TOLERANCE
+
+
 @dataclass
 class _Measured:
     """What ``auto`` learned about one signature: seconds per step, and rejected candidates."""
@@ -83,6 +141,8 @@ class _Measured:
     seconds: dict[str, float] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     eager_only: bool = True  # no compiled candidate was tried
+    verdicts: dict[str, _Verdict] = field(default_factory=dict)
+    """Eager kernels checked against the loop, explicit requests' included."""
 
 
 _CACHE: dict[tuple[object, ...], _Measured] = {}
@@ -112,7 +172,44 @@ def _close(a: Mapping[str, Tensor], b: Mapping[str, Tensor], tol: float | None =
     return True
 
 
+def _discrepancy(result: StepResult, reference: StepResult) -> float:
+    """The largest difference of the meta-gradients, relative to the largest reference entry.
+
+    Per tree (θ's, then φ's), like ``_close``; NaN counts as infinitely far.
+    """
+    worst = 0.0
+    for got, want in (
+        (result.grads, reference.grads),
+        (result.learnable_grads, reference.learnable_grads),
+    ):
+        want = {k: v for k, v in want.items() if v.numel()}
+        if not want:
+            continue
+        scale = max(v.abs().max().item() for v in want.values())
+        diff = max((got[k].to(v.dtype) - v).abs().max().item() for k, v in want.items())
+        if math.isnan(diff) or math.isnan(scale):
+            return math.inf
+        worst = max(worst, diff / scale if scale > 0 else 0.0 if diff == 0 else math.inf)
+    return worst
+
+
 Probe = tuple[dict[str, Tensor], dict[str, Tensor], Mapping[str, Tensor], Mapping[str, Tensor]]
+
+
+def _float64(probe: Probe, unit: Tensor | float) -> tuple[Probe, Tensor | float]:
+    """A float64 copy of the probe's floating tensors (integer labels stay as they are)."""
+
+    def cast(tree: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in tree.items()}
+
+    params, learnables, support, query = probe
+    copy = (cast(params), cast(learnables), cast(support), cast(query))
+    return copy, unit.to(torch.float64) if isinstance(unit, Tensor) else unit
+
+
+def _has_tasks(probe: Probe) -> bool:
+    support = probe[2]
+    return bool(support) and next(iter(support.values())).shape[0] > 0
 
 
 def _sync(result: StepResult) -> None:
@@ -190,11 +287,16 @@ def select_meta_step(
     multi_step: bool = False,
     factory: MetaStepFactory | None = None,
     strategies: Collection[Strategy] = STRATEGIES,
+    module: nn.Module | None = None,
+    verify: bool = True,
 ) -> Selection:
     """Resolve ``kernel.strategy`` to a working meta-step.
 
-    ``probe`` is ``(params, learnables, support, query)`` of the run's first shard: an explicit
-    strategy is only built; ``auto`` times the candidates on it (see the module docstring).
+    ``probe`` is ``(params, learnables, support, query)`` of the run's first shard: ``auto``
+    times the candidates on it (see the module docstring); an explicit fast strategy is checked
+    on it, in float64, and refused with a one-line ``ConfigError`` if its meta-gradient is wrong.
+    ``module`` is the model, searched for the layers to name in that case;
+    ``verify=False`` skips the check (e.g. where another process made it).
     ``time_left`` (seconds, from a time limit) caps the iterations a compile would serve.
     ``signature`` names what the shapes cannot tell apart (e.g. the model and task configs);
     with it, measurements are cached for the process, without it nothing is cached.
@@ -221,26 +323,27 @@ def select_meta_step(
             multi_step=multi_step,
         )
 
-    if requested != "auto":
-        strategy = _requested(requested, strategies)
-        return Selection(strategy, build(strategy), "requested")
     key = None
     if signature is not None:
         key = _signature(signature, probe, steps, first_order, multi_step)
-    cached = key is not None and key in _CACHE
+    measured = _CACHE.setdefault(key, _Measured()) if key is not None else _Measured()
     candidates = _Candidates(
-        build, probe, _unit(probe, steps, multi_step), autocast, _CACHE.get(key) or _Measured()
+        build, probe, _unit(probe, steps, multi_step), autocast, measured, strategies, module
     )
+    if requested != "auto":
+        strategy = _requested(requested, strategies)
+        if verify and strategy != "loop" and _has_tasks(probe):
+            candidates.check_requested(strategy)
+        return Selection(strategy, candidates.step(strategy), "requested")
+    cached = "loop" in measured.seconds
     if not cached:
         candidates.measure("loop")
         if "batched" in strategies:
             candidates.measure("batched")
     chosen, reason = _choose(candidates, strategies, remaining_iterations, time_left)
-    if key is not None:
-        _CACHE[key] = candidates.measured
     if cached:
         reason = f"cached: {reason}"
-    return Selection(chosen, candidates.step(chosen), reason, dict(candidates.measured.seconds))
+    return Selection(chosen, candidates.step(chosen), reason, dict(measured.seconds))
 
 
 def _requested(requested: str, strategies: Collection[Strategy]) -> Strategy:
@@ -268,6 +371,34 @@ def _unit(probe: Probe, steps: int, multi_step: bool) -> Tensor | float:
     return torch.full((steps,), 1.0 / steps, dtype=ref.dtype, device=ref.device)
 
 
+def _eager_twin(strategy: Strategy, strategies: Collection[Strategy]) -> Strategy:
+    """The eager kernel whose float64 parity vouches for ``strategy``.
+
+    Every fast strategy runs ``torch.func`` transforms of the same objective, and all but
+    ``compiled-loop`` vmap it, so the eager ``batched`` kernel stands for them all: a model it gets
+    wrong gets no fast kernel. An algorithm without ``batched`` has each strategy checked itself.
+    """
+    return "batched" if "batched" in strategies else strategy
+
+
+def _unsafe(module: nn.Module | None) -> list[str]:
+    return [] if module is None else safe_nn.vmap_unsafe_layers(module)
+
+
+def _layers(module: nn.Module | None, loop_fix: bool) -> str:
+    """The model's layers that torch's vmap gets wrong (or fails on), and the fix, in one line."""
+    found = _unsafe(module)
+    or_loop = ", or use kernel.strategy=loop" if loop_fix else ""
+    if not found:
+        return (
+            "the model has no layer known to be unsafe under vmap (a functional F.layer_norm, "
+            "F.batch_norm or F.instance_norm with a weight is, see docs/kernels.md)"
+            + ("; use kernel.strategy=loop" if loop_fix else "")
+        )
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    return f"torch's vmap gets these layers wrong (functorch #534): {shown}{or_loop}"
+
+
 @dataclass
 class _Candidates:
     """The meta-steps ``auto`` builds, checks against the loop and times on one probe."""
@@ -277,8 +408,12 @@ class _Candidates:
     unit: Tensor | float
     autocast: torch.dtype | None
     measured: _Measured
+    strategies: Collection[Strategy] = STRATEGIES
+    module: nn.Module | None = None
     built: dict[str, MetaStep] = field(default_factory=dict)
+    exact: dict[str, MetaStep] = field(default_factory=dict)
     reference: StepResult | None = None
+    """The loop's result on the probe, in the precision parity is checked in."""
 
     @property
     def device(self) -> torch.device:
@@ -288,36 +423,117 @@ class _Candidates:
         """The step built for ``strategy`` while measuring, or a new one."""
         return self.built.get(strategy) or self.build(strategy)
 
+    def _exact(self, strategy: Strategy) -> MetaStep:
+        """``strategy``'s step without autocast: the one parity is checked with."""
+        if self.autocast is None:
+            if strategy not in self.built:
+                self.built[strategy] = self.build(strategy)
+            return self.built[strategy]
+        if strategy not in self.exact:
+            self.exact[strategy] = self.build(strategy, None)
+        return self.exact[strategy]
+
+    def _reference(self) -> StepResult:
+        """The loop on the probe in float64 (or in the run's dtype where float64 fails)."""
+        if self.reference is None:
+            loop = self._exact("loop")
+            probe, unit = _float64(self.probe, self.unit)
+            try:
+                self.reference = loop(*probe, unit)
+            except Exception as exc:  # no float64 here: IEEE float32 at a tight tolerance
+                log.warning(
+                    "kernel parity: the loop fails in float64 (%s); checking in %s to %.0e",
+                    _one_line(exc),
+                    str(next(iter(self.probe[0].values())).dtype).removeprefix("torch."),
+                    FLOAT32_PARITY_TOLERANCE,
+                )
+                with exact_float32(self.device):
+                    self.reference = loop(*self.probe, self.unit)
+        return self.reference
+
+    def verdict(self, strategy: Strategy) -> _Verdict:
+        """``strategy`` checked against the loop in the reference's precision, once a signature."""
+        verdicts = self.measured.verdicts
+        if strategy not in verdicts:
+            reference = self._reference()
+            dtype = next(iter(reference.grads.values())).dtype
+            probe, unit = self.probe, self.unit
+            if dtype == torch.float64:
+                probe, unit = _float64(self.probe, self.unit)
+            try:
+                with exact_float32(self.device):
+                    result = self._exact(strategy)(*probe, unit)
+                verdicts[strategy] = _Verdict(dtype, _discrepancy(result, reference))
+            except Exception as exc:  # a kernel that fails is as unusable as a wrong one
+                verdicts[strategy] = _Verdict(dtype, math.inf, _one_line(exc))
+        return verdicts[strategy]
+
+    def check_requested(self, strategy: Strategy) -> None:
+        """Refuse an explicitly requested ``strategy`` whose eager twin disagrees with the loop."""
+        twin = _eager_twin(strategy, self.strategies)
+        verdict = self.verdict(twin)
+        if verdict.ok:
+            return
+        kernel = strategy if twin == strategy else f"{strategy} (checked as its eager twin {twin})"
+        raise ConfigError(
+            [
+                f"kernel.strategy: {kernel} {verdict.describe()} on the first batch; "
+                f"{_layers(self.module, loop_fix=True)}"
+            ]
+        )
+
     def measure(self, strategy: Strategy) -> None:
         """Build, check against the loop and time ``strategy``, recording what happened."""
-        probe, unit, rejected = self.probe, self.unit, self.measured.rejected
+        rejected = self.measured.rejected
         step = self.built[strategy] = self.build(strategy)
-        exact = step if self.autocast is None else self.build(strategy, None)
         try:
-            with exact_float32(self.device):  # parity in IEEE float32, timing as configured
-                result = exact(*probe, unit)  # compiles a compiled strategy
-            if exact is not step:
-                step(*probe, unit)  # compiles the autocast twin: its failures count too
+            if strategy == "loop":
+                self._reference()
+            elif not self._vouched(strategy):
+                return
+            elif strategy in COMPILED_STRATEGIES and not self._compiled_matches(strategy):
+                rejected[strategy] = "meta-gradient disagrees with the loop"
+                log.warning("kernel %s: %s on the probe", strategy, rejected[strategy])
+                return
+            # The warm-up call compiles a compiled strategy's autocast twin: its failures count.
+            seconds = _seconds_per_step(strategy, step, self.probe, self.unit)
         except Exception as exc:  # any compiler failure means: use another candidate
             if strategy == "loop":
                 raise  # the reference itself fails: the objective is broken, say so
             rejected[strategy] = f"failed ({_one_line(exc)})"
             log.warning("kernel %s %s", strategy, rejected[strategy])
             return
-        if strategy == "loop":
-            self.reference = result
-        elif not self._matches_loop(result):
-            rejected[strategy] = "meta-gradient disagrees with the loop"
-            log.warning("kernel %s: %s on the probe", strategy, rejected[strategy])
-            return
-        self.measured.seconds[strategy] = _seconds_per_step(strategy, step, probe, unit)
+        self.measured.seconds[strategy] = seconds
 
-    def _matches_loop(self, result: StepResult) -> bool:
-        reference = self.reference
-        assert reference is not None  # the loop is always measured first
-        return _close(result.grads, reference.grads) and _close(
-            result.learnable_grads, reference.learnable_grads
+    def _vouched(self, strategy: Strategy) -> bool:
+        """Whether ``strategy``'s eager twin matched the loop in float64; records why not."""
+        twin = _eager_twin(strategy, self.strategies)
+        verdict = self.verdict(twin)
+        if verdict.ok:
+            return True
+        if twin == strategy:
+            why = verdict.describe()
+            if not verdict.failure or _unsafe(self.module):
+                why += f"; {_layers(self.module, loop_fix=False)}"
+        else:
+            why = f"not tried ({twin} {verdict.describe()})"
+        self.measured.rejected[strategy] = why
+        log.warning("kernel %s: %s", strategy, why)
+        return False
+
+    def _compiled_matches(self, strategy: Strategy) -> bool:
+        """A compiled kernel against the loop in IEEE float32: what compiling alone can break."""
+        with exact_float32(self.device):
+            result = self._exact(strategy)(*self.probe, self.unit)  # compiles
+        reference = self._reference()
+        return _close(result.grads, _like(reference.grads, result.grads)) and _close(
+            result.learnable_grads, _like(reference.learnable_grads, result.learnable_grads)
         )
+
+
+def _like(tree: Mapping[str, Tensor], like: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``tree``'s tensors in the dtypes of ``like``'s (a float64 reference for a float32 run)."""
+    return {k: v.to(like[k].dtype) if k in like else v for k, v in tree.items()}
 
 
 def _fastest(pool: Mapping[str, float]) -> Strategy:

@@ -88,7 +88,14 @@ def candidate_dirs(name: str, data_dir: Path | str | None) -> list[Location]:
     then ``<user cache dir>/<name>`` (where downloads go)."""
     found: list[Location] = []
     if data_dir is not None:
-        found.append(Location("data_dir", Path(data_dir).expanduser()))
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            # Asked for by name: looking elsewhere instead would train on other data silently.
+            raise DataError(
+                f"task.data_dir: {path} is not a directory; fix the path, or drop task.data_dir "
+                f"to look in ${DATA_ENV}/{name} and {user_cache_dir() / name}"
+            )
+        found.append(Location("data_dir", path))
     env = os.environ.get(DATA_ENV, "")
     found.append(Location(f"${DATA_ENV}/{name}", Path(env).expanduser() / name if env else None))
     found.append(Location("user cache", user_cache_dir() / name))

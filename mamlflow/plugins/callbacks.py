@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from mamlflow.core import (
     atomic_write,
     hookimpl,
     rundir,
+    strict_json,
 )
 
 if TYPE_CHECKING:
@@ -54,11 +54,11 @@ class MetricsJSONL(Callback):
             # so the file reads as one uninterrupted run. Atomically: a crash here must not
             # lose the records that are kept.
             kept = [r for r in rundir.read_records(path) if r["iteration"] <= state.iteration]
-            atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+            atomic_write(path, "".join(strict_json(r) + "\n" for r in kept).encode())
         self._file = path.open("a", buffering=1)
 
     def on_log(self, record: MetricsRecord) -> None:
-        self._file.write(json.dumps(record.as_json()) + "\n")
+        self._file.write(strict_json(record.as_json()) + "\n")
 
     def on_train_end(self, summary: TrainSummary) -> None:
         self._file.close()
@@ -72,7 +72,7 @@ def read_csv_records(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
     A row cut short by a crash (no final newline, or too few cells) is skipped, not an error.
     """
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    text = path.read_bytes().decode("utf-8", errors="replace") if path.is_file() else ""
     reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
     columns = next(reader, [])
     rows = []

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from mamlflow.core import ConfigError, ModelConfig, ModelIO, ModelPlugin, hookimpl
@@ -16,7 +16,9 @@ __all__ = ["GaussianMLP", "GaussianMLPConfig", "GaussianPolicy"]
 
 
 class GaussianMLPConfig(ModelConfig):
-    hidden: tuple[int, ...] = Field((100, 100), description="width of each hidden layer")
+    hidden: tuple[PositiveInt, ...] = Field(
+        (100, 100), description="width of each hidden layer (each at least 1)"
+    )
     activation: Literal["relu", "tanh"] = Field("relu", description="hidden nonlinearity")
     init_log_std: float = Field(
         0.0, description="initial log standard deviation of every action dimension (rllab: 0)"

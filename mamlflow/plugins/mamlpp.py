@@ -168,6 +168,16 @@ class MAMLPlusPlus(Algorithm):
             norm=c.norm,
         )
 
+    def evaluation_note(self, inner: InnerConfig, steps: int) -> str | None:
+        if steps <= inner.steps or not (self.config.learn_lrs or self.config.per_step_norm):
+            return None
+        return (
+            f"mamlpp learned a rate (and norm weights) per inner step for {inner.steps} step(s); "
+            f"steps {inner.steps + 1} to {steps} reuse the last step's, which no later step was "
+            f"trained with: evaluate with --steps {inner.steps}, or train with "
+            f"inner.steps={steps}"
+        )
+
     def first_order(
         self, inner: InnerConfig, iteration: int, iterations: int | None = None
     ) -> bool:

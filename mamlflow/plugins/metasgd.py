@@ -45,6 +45,15 @@ class MetaSGD(Algorithm):
     def adapter(self, inner: InnerConfig) -> Adapter:
         return PerParameterSGD(inner.lr)
 
+    def evaluation_note(self, inner: InnerConfig, steps: int) -> str | None:
+        if steps <= inner.steps:
+            return None
+        return (
+            f"metasgd learned its per-parameter inner rates for {inner.steps} step(s); the "
+            f"{steps - inner.steps} step(s) beyond reuse those rates, which no step was trained "
+            f"with: evaluate with --steps {inner.steps}, or train with inner.steps={steps}"
+        )
+
 
 @hookimpl
 def register_algorithms(register: Callable[[type[Algorithm]], None]) -> None:

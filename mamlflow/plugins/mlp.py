@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from mamlflow.core import ModelConfig, ModelIO, ModelPlugin, hookimpl
@@ -16,7 +16,9 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 class MLPConfig(ModelConfig):
-    hidden: tuple[int, ...] = Field((40, 40), description="width of each hidden layer")
+    hidden: tuple[PositiveInt, ...] = Field(
+        (40, 40), description="width of each hidden layer (each at least 1)"
+    )
     activation: Literal["relu", "tanh"] = Field("relu", description="hidden nonlinearity")
     init: Literal["torch", "paper"] = Field(
         "torch",

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mamlflow.core import OuterConfig, OuterOptimizer, hookimpl
 
-__all__ = ["SGD", "Adam", "AdamConfig", "AdamW", "AdamWConfig", "SGDConfig"]
+__all__ = ["SGD", "Adam", "AdamConfig", "AdamW", "AdamWConfig", "Beta", "SGDConfig"]
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
+"""A moment decay rate, in [0, 1) as torch.optim's Adam requires."""
 
 
 class AdamConfig(OuterConfig):
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's β1, β2")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Adam's β1, β2, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (coupled, as torch.optim.Adam)")
 
@@ -48,8 +52,14 @@ class AdamW(Adam):
 
 class SGDConfig(OuterConfig):
     momentum: float = Field(0.0, ge=0)
-    nesterov: bool = False
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0)")
     weight_decay: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> SGDConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0; set outer.momentum (e.g. 0.9)")
+        return self
 
 
 class SGD(OuterOptimizer):

@@ -27,6 +27,7 @@ from mamlflow.core import (
     PolicyTerms,
     hookimpl,
 )
+from mamlflow.plugins.optimizers import Beta
 
 __all__ = ["PPO", "TRPO", "PPOConfig", "TRPOConfig", "conjugate_gradient"]
 
@@ -153,7 +154,7 @@ class PPOConfig(OuterConfig):
     lr: float = Field(1e-3, gt=0, description="Adam's learning rate for every epoch")
     epochs: int = Field(5, ge=1, description="Adam steps on the clipped surrogate per meta-batch")
     clip: float = Field(0.2, gt=0, lt=1, description="PPO's ratio clip ε")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's β1, β2")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Adam's β1, β2, each in [0, 1)")
 
 
 class PPO(PolicyOuterOptimizer):

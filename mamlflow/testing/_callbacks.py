@@ -14,6 +14,7 @@ from mamlflow.core import (
     ConfigError,
     MamlflowError,
     MetricsRecord,
+    PluginError,
     TrainStart,
     TrainSummary,
 )
@@ -185,6 +186,8 @@ def _run_with(
 
 def _raised_during_training(who: str, exc: Exception, instance: Callback, phase: str) -> NoReturn:
     """The check's failure for ``exc``, naming the callback method it came from."""
+    if isinstance(exc, PluginError) and isinstance(exc.__cause__, Exception):
+        exc = exc.__cause__  # the trainer names the plugin; the check names the method too
     method = next(
         (
             frame.f_code.co_name

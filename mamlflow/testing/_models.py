@@ -182,9 +182,10 @@ def _same_step(who: str, label: str, params: Params, loop: StepResult, batched: 
                     who,
                     f"the batched kernel's {name} ({label}) differs from the loop reference by "
                     f"{diff:.1e} at '{key}' (largest entry {largest:.1e}, float64)",
-                    "the model is not safe under vmap of a second-order step: compute it with "
-                    "plain tensor ops (F.batch_norm with affine weight/bias is a known case, "
-                    "functorch #534)",
+                    "the model is not safe under vmap of a second-order step: replace torch's "
+                    "affine normalisation layers with mamlflow.nn.LayerNorm/BatchNorm/GroupNorm "
+                    "(mamlflow.nn.vmap_unsafe_layers(module) lists them; functorch #534), or "
+                    "compute it with plain tensor ops",
                 )
     if params and all(g.abs().max() == 0 for g in loop.grads.values()):
         _fail(

@@ -199,9 +199,12 @@ def test_run_eval_resume_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
         capsys, "eval", str(run_dir), "--shots", "5", "--steps", "2", "--tasks", "50", "--json"
     )
     result = json.loads(out)
-    assert set(result) == {"metric", "shots", "steps", "mean", "ci95", "tasks"}
+    assert set(result) == {
+        "metric", "shots", "steps", "mean", "ci95", "tasks", "median", "nonfinite", "diverged"
+    }  # fmt: skip
     assert result["metric"] == "mse" and result["shots"] == 5 and result["tasks"] == 50
     assert result["steps"] == [0, 1, 2] and len(result["mean"]) == len(result["ci95"]) == 3
+    assert len(result["median"]) == 3 and result["nonfinite"] == result["diverged"] == [0, 0, 0]
     assert (run_dir / "eval.json").is_file()
     assert (run_dir / "eval_curve.png").stat().st_size > 0
     assert (run_dir / "examples_k5.png").stat().st_size > 0

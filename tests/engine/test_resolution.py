@@ -214,9 +214,20 @@ def test_load_config_file_reads_every_format(tmp_path: Path, name: str, text: st
     assert load_config_file(path) == CONFIG
 
 
-def test_empty_yaml_file_is_an_empty_config(tmp_path: Path) -> None:
-    path = tmp_path / "empty.yaml"
-    path.write_text("# nothing yet\n")
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("empty.yaml", "# nothing yet\n"),
+        ("empty.toml", "\n"),
+        ("empty.json", ""),
+        ("blank.json", " \n"),
+    ],
+)
+def test_an_empty_config_file_is_an_empty_config_in_every_format(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
     assert load_config_file(path) == {}
 
 
@@ -582,3 +593,22 @@ def test_as_resolved_attributes_a_bare_config_and_keeps_what_a_saved_one_shares(
     assert again.provenance["seed"] == "Python"
     assert again.provenance["inner.lr"] == "--set"
     assert again.provenance["task.shots"] == "preset sinusoid"
+
+
+def test_a_saved_config_that_predates_an_option_gets_the_value_its_run_used(
+    tmp_path: Path,
+) -> None:
+    from mamlflow.engine import load_saved, save_resolved
+
+    host = PluginHost(autoload=False)
+    resolved = resolve(host, preset="omniglot")
+    assert resolved.config.task.distinct == "characters"  # type: ignore[attr-defined]
+    path = tmp_path / "config.json"
+    save_resolved(resolved, path)
+    older = json.loads(path.read_text())
+    del older["config"]["task"]["distinct"]  # as written before the option existed
+    path.write_text(json.dumps(older))
+    loaded = load_saved(host, path)
+    assert loaded.config.task.distinct == "classes"  # type: ignore[attr-defined]
+    assert loaded.provenance["task.distinct"] == "run saved before the option existed"
+    assert load_saved(host, tmp_path / "config.json").config.task.name == "omniglot"

@@ -214,3 +214,37 @@ def test_a_python_run_is_evaluable_and_resumable_from_the_cli(
         main(["run", "--resume", str(run), "--set", "train.iterations=15"])
     assert done.value.code in (None, 0)
     assert load_checkpoint(run).iteration == 15
+
+
+# -- non-finite values stop the run --------------------------------------------------------------
+
+
+def test_a_nan_meta_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    host: PluginHost, tmp_path: Path
+) -> None:
+    from mamlflow.core import NonFiniteError
+
+    good = _config(host, "train.iterations=4", "train.checkpoint_every=2")
+    Trainer(good, tmp_path, host).fit()
+    before = load_checkpoint(tmp_path)
+    # Resume it with a learning rate no number survives: the next steps turn θ into NaN.
+    exploding = _config(
+        host,
+        "train.iterations=40",
+        "train.checkpoint_every=2",
+        "outer.lr=1e30",
+        "train.log_every=1",
+    )
+    with pytest.raises(NonFiniteError) as info:
+        Trainer(exploding, tmp_path, host, resume=True).fit()
+    message = str(info.value)
+    assert "\n" not in message and "is not a finite number (NaN or inf)" in message, message
+    assert "its last good checkpoint.pt is kept" in message and "outer.lr" in message
+    after = load_checkpoint(tmp_path)
+    assert all(torch.isfinite(v).all() for v in after.params.values())
+    assert after.iteration >= before.iteration
+    # metrics.jsonl stays strict JSON: the NaN loss is null, never a bare NaN token.
+    text = (tmp_path / rundir.METRICS).read_text()
+    assert "NaN" not in text and "Infinity" not in text and '"meta_loss": null' in text
+    for line in text.splitlines():
+        json.loads(line, parse_constant=lambda token: pytest.fail(f"non-strict {token}"))

@@ -1,15 +1,19 @@
 """The numba episode kernel against its numpy twin, and the sampling promises both make.
 
-Parity is bit for bit, over every output array. The promises: a task's episode is a pure function
-of (key, global task index) — the same in any batch or shard — drawn from the counter-based
-stream of ``core.rng`` in the documented order; classes are distinct within a task and drawings
-within a class; labels count out ``shots``/``queries`` per class; rotation ``k`` is ``np.rot90``
-by ``k`` quarter turns counter-clockwise. The images are synthetic (seeded noise plus a few
-asymmetric shapes, so every rotation changes the pixels); the Omniglot loader is tested apart.
+Parity is bit for bit, over every output array, with and without ``random_rotation``. The
+promises: a task's episode is a pure function of (key, global task index) — the same in any batch
+or shard — drawn from the counter-based stream of ``core.rng`` in the documented order; classes
+are distinct within a task (characters too, with ``random_rotation``, whose rotations spread over
+all four) and drawings within a class; labels count out ``shots``/``queries`` per class; rotation
+``k`` is ``np.rot90`` by ``k`` quarter turns counter-clockwise; without ``random_rotation`` the
+episodes are bit for bit those from before the switch existed (pinned by hashes). The images are
+synthetic (seeded noise plus a few asymmetric shapes, so every rotation changes the pixels); the
+Omniglot loader is tested apart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -47,6 +51,7 @@ IMAGES = _make_images()
 ALL_CLASSES = np.arange(CHARACTERS * 4, dtype=np.int64)
 UPRIGHT = np.arange(0, CHARACTERS * 4, 4, dtype=np.int64)  # a pool without rotations
 SOME_CLASSES = np.array([5, 9, 17, 40, 41, 42, 43, 60, 99, 118], dtype=np.int64)
+SOME_CHARACTERS = np.array([4, 8, 40, 60, 96, 116], dtype=np.int64)  # upright ids of 6 characters
 EXTREME_TASKS = np.array([-(2**63), -1, 0, 1, 2**31, 2**32 + 7, 2**63 - 1], dtype=np.int64)
 
 Sampler = Callable[..., Episodes]
@@ -63,26 +68,48 @@ def _assert_same(got: Episodes, want: Episodes) -> None:
         assert np.array_equal(a, b), f"{f.name} differs"
 
 
+def _digest(episodes: Episodes) -> str:
+    """sha256 (first 16 hex digits) of every output array with its dtype and shape."""
+    h = hashlib.sha256()
+    for f in fields(Episodes):
+        a = np.ascontiguousarray(getattr(episodes, f.name))
+        h.update(f"{f.name}{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 @pytest.mark.parametrize(
-    ("ways", "shots", "queries", "pool", "task_index"),
+    ("ways", "shots", "queries", "pool", "task_index", "random_rotation"),
     [
-        pytest.param(5, 1, 15, ALL_CLASSES, np.arange(32), id="5w1s15q-rotations-T32"),
-        pytest.param(5, 5, 15, ALL_CLASSES, np.arange(100, 108), id="5w5s15q-rotations"),
-        pytest.param(20, 1, 5, UPRIGHT, np.arange(4), id="20w1s5q-upright"),
-        pytest.param(3, 2, 0, SOME_CLASSES, np.arange(3), id="3w2s0q-subset"),
+        pytest.param(5, 1, 15, ALL_CLASSES, np.arange(32), False, id="5w1s15q-rotations-T32"),
+        pytest.param(5, 5, 15, ALL_CLASSES, np.arange(100, 108), False, id="5w5s15q-rotations"),
+        pytest.param(20, 1, 5, UPRIGHT, np.arange(4), False, id="20w1s5q-upright"),
+        pytest.param(3, 2, 0, SOME_CLASSES, np.arange(3), False, id="3w2s0q-subset"),
         # Every class of the pool and every drawing: rejection has to find all of them.
-        pytest.param(10, 12, 8, SOME_CLASSES, np.arange(5), id="whole-pool-all-drawings"),
-        pytest.param(4, 1, 3, ALL_CLASSES, EXTREME_TASKS, id="extreme-task-indices"),
-        pytest.param(1, 1, 1, UPRIGHT, np.arange(0), id="empty-batch"),
+        pytest.param(10, 12, 8, SOME_CLASSES, np.arange(5), False, id="whole-pool-all-drawings"),
+        pytest.param(4, 1, 3, ALL_CLASSES, EXTREME_TASKS, False, id="extreme-task-indices"),
+        pytest.param(1, 1, 1, UPRIGHT, np.arange(0), False, id="empty-batch"),
+        # The same with a rotation drawn per task and character from a pool of upright ids.
+        pytest.param(5, 1, 15, UPRIGHT, np.arange(32), True, id="5w1s15q-random-rotation-T32"),
+        pytest.param(20, 5, 5, UPRIGHT, np.arange(100, 108), True, id="20w5s5q-random-rotation"),
+        pytest.param(6, 12, 8, SOME_CHARACTERS, np.arange(5), True, id="random-rotation-all"),
+        pytest.param(4, 1, 3, UPRIGHT, EXTREME_TASKS, True, id="random-rotation-extreme-tasks"),
+        pytest.param(1, 1, 1, UPRIGHT, np.arange(0), True, id="random-rotation-empty-batch"),
     ],
 )
 @pytest.mark.parametrize("key", [KEY, 0, (1 << 64) - 1], ids=["key", "0", "2**64-1"])
 def test_numba_matches_twin_bit_for_bit(
-    ways: int, shots: int, queries: int, pool: np.ndarray, task_index: np.ndarray, key: int
+    ways: int,
+    shots: int,
+    queries: int,
+    pool: np.ndarray,
+    task_index: np.ndarray,
+    random_rotation: bool,
+    key: int,
 ) -> None:
     args = (IMAGES, pool, key, task_index.astype(np.int64), ways, shots, queries)
-    got = sample_episodes(*args)
-    _assert_same(got, sample_episodes_reference(*args))
+    got = sample_episodes(*args, random_rotation=random_rotation)
+    _assert_same(got, sample_episodes_reference(*args, random_rotation=random_rotation))
     n = len(task_index)
     assert got.support_x.shape == (n, ways * shots, 1, SIZE, SIZE)
     assert got.query_x.shape == (n, ways * queries, 1, SIZE, SIZE)
@@ -96,10 +123,17 @@ def test_same_call_twice_is_identical(sampler: Sampler) -> None:
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_a_task_is_the_same_in_any_batch_or_shard(sampler: Sampler) -> None:
-    whole = sampler(IMAGES, ALL_CLASSES, KEY, np.arange(8), 5, 2, 3)
+@pytest.mark.parametrize(
+    ("pool", "random_rotation"),
+    [(ALL_CLASSES, False), (UPRIGHT, True)],
+    ids=["distinct-classes", "random-rotation"],
+)
+def test_a_task_is_the_same_in_any_batch_or_shard(
+    sampler: Sampler, pool: np.ndarray, random_rotation: bool
+) -> None:
+    whole = sampler(IMAGES, pool, KEY, np.arange(8), 5, 2, 3, random_rotation=random_rotation)
     for shard in ([3, 4], [4, 3], [7, 0, 5]):
-        part = sampler(IMAGES, ALL_CLASSES, KEY, np.array(shard), 5, 2, 3)
+        part = sampler(IMAGES, pool, KEY, np.array(shard), 5, 2, 3, random_rotation=random_rotation)
         for f in fields(Episodes):
             assert np.array_equal(getattr(part, f.name), getattr(whole, f.name)[shard]), f.name
 
@@ -121,9 +155,18 @@ def test_labels_classes_and_drawings(sampler: Sampler) -> None:
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_pixels_are_the_rotated_drawings_over_255(sampler: Sampler) -> None:
+@pytest.mark.parametrize(
+    ("pool", "random_rotation"),
+    [(ALL_CLASSES, False), (UPRIGHT, True)],
+    ids=["distinct-classes", "random-rotation"],
+)
+def test_pixels_are_the_rotated_drawings_over_255(
+    sampler: Sampler, pool: np.ndarray, random_rotation: bool
+) -> None:
     shots, queries = 2, 3
-    e = sampler(IMAGES, ALL_CLASSES, KEY, np.arange(12), 6, shots, queries)
+    e = sampler(
+        IMAGES, pool, KEY, np.arange(12), 6, shots, queries, random_rotation=random_rotation
+    )
     seen_rotations = set()
     for t, c in np.ndindex(*e.classes.shape):
         character, rotation = divmod(int(e.classes[t, c]), 4)
@@ -191,11 +234,21 @@ def test_below_is_exact_and_in_range() -> None:
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_draws_follow_the_documented_order(sampler: Sampler) -> None:
-    """Replay the spec with the stream alone: classes by rejection, then each class's drawings."""
+@pytest.mark.parametrize(
+    ("pool", "random_rotation"),
+    [(SOME_CLASSES, False), (SOME_CHARACTERS, True)],
+    ids=["distinct-classes", "random-rotation"],
+)
+def test_draws_follow_the_documented_order(
+    sampler: Sampler, pool: np.ndarray, random_rotation: bool
+) -> None:
+    """Replay the spec with the stream alone: classes by rejection, then (with random_rotation)
+    one rotation per class, then each class's drawings."""
     ways, shots, queries = 4, 2, 3
     tasks = [0, 9, -7]
-    e = sampler(IMAGES, SOME_CLASSES, KEY, np.array(tasks), ways, shots, queries)
+    e = sampler(
+        IMAGES, pool, KEY, np.array(tasks), ways, shots, queries, random_rotation=random_rotation
+    )
     for t, task in enumerate(tasks):
         draws = iter(task_stream(KEY, task, 1_000))
 
@@ -206,10 +259,64 @@ def test_draws_follow_the_documented_order(sampler: Sampler) -> None:
                 out += [] if v in out else [v]
             return out
 
-        classes = [int(SOME_CLASSES[p]) for p in distinct(len(SOME_CLASSES), ways)]
+        classes = [int(pool[p]) for p in distinct(len(pool), ways)]
+        if random_rotation:
+            classes = [c + below(next(draws), 4) for c in classes]
         drawings = [distinct(DRAWINGS, shots + queries) for _ in range(ways)]
         assert e.classes[t].tolist() == classes
         assert e.drawings[t].tolist() == drawings
+
+
+# Computed with the sampler as it was before random_rotation existed (commit 0ae4b7c), so the
+# default keeps reproducing older runs bit for bit: (pool, key, task_index, ways, shots, queries).
+PINNED = [
+    pytest.param(ALL_CLASSES, KEY, np.arange(32), 5, 1, 15, "cae2e537f9056966", id="5w1s15q"),
+    pytest.param(ALL_CLASSES, KEY, np.arange(100, 108), 20, 5, 5, "43967b626a6fc2a9", id="20w5s"),
+    pytest.param(ALL_CLASSES, 0, EXTREME_TASKS, 4, 1, 3, "738d245ab0311bc3", id="extreme-tasks"),
+    pytest.param(SOME_CLASSES, (1 << 64) - 1, np.arange(3), 3, 2, 0, "485d31037ff925ba", id="some"),
+]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize(("pool", "key", "task_index", "ways", "shots", "queries", "sha"), PINNED)
+def test_without_random_rotation_episodes_are_those_of_older_releases(
+    sampler: Sampler,
+    pool: np.ndarray,
+    key: int,
+    task_index: np.ndarray,
+    ways: int,
+    shots: int,
+    queries: int,
+    sha: str,
+) -> None:
+    args = (IMAGES, pool, key, task_index.astype(np.int64), ways, shots, queries)
+    assert _digest(sampler(*args)) == sha
+    assert _digest(sampler(*args, random_rotation=False)) == sha
+
+
+def _two_rotations_of_a_character(classes: np.ndarray) -> np.ndarray:
+    """Per task: whether two of its classes are rotations of one character."""
+    characters = np.sort(classes // 4, axis=1)
+    return (characters[:, 1:] == characters[:, :-1]).any(axis=1)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_random_rotation_gives_distinct_characters_at_every_rotation(sampler: Sampler) -> None:
+    # 20 of the 30 characters per task: distinct classes of the rotated pool repeat a character
+    # in almost every task; distinct characters never do.
+    tasks, ways = 400, 20
+    e = sampler(IMAGES, UPRIGHT, KEY, np.arange(tasks), ways, 1, 0, random_rotation=True)
+    assert not _two_rotations_of_a_character(e.classes).any()
+    old = sampler(IMAGES, ALL_CLASSES, KEY, np.arange(tasks), ways, 1, 0)
+    assert _two_rotations_of_a_character(old.classes).mean() > 0.9
+    # Rotations spread evenly over the four (8,000 draws: sd 0.5 percentage points), at every
+    # position of a task, and each character shows up at all four.
+    rotations = e.classes % 4
+    shares = np.bincount(rotations.ravel(), minlength=4) / rotations.size
+    assert np.abs(shares - 0.25).max() < 0.02, shares
+    assert all(set(rotations[:, c].tolist()) == {0, 1, 2, 3} for c in range(ways))
+    per_character = {(int(k) // 4, int(k) % 4) for k in e.classes.ravel()}
+    assert len(per_character) == CHARACTERS * 4
 
 
 def test_numba_available_here() -> None:
@@ -249,6 +356,21 @@ def test_probe_falls_back_when_the_kernel_disagrees(
     assert "disagrees with its numpy twin on query_y" in caplog.text
 
 
+def test_probe_checks_random_rotation_too(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fresh_probe: object
+) -> None:
+    def wrong_rotation(*args: object, random_rotation: bool = False) -> Episodes:
+        e = sample_episodes_reference(*args, random_rotation=random_rotation)
+        if random_rotation:
+            e.classes[0, 0] ^= 1
+        return e
+
+    monkeypatch.setattr(_episodes, "sample_episodes_reference", wrong_rotation)
+    with caplog.at_level(logging.WARNING, logger="mamlflow.kernels"):
+        assert numba_available() is False
+    assert "disagrees with its numpy twin on classes (random_rotation=True)" in caplog.text
+
+
 def test_probe_falls_back_without_numba(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fresh_probe: object
 ) -> None:
@@ -270,10 +392,13 @@ def test_pure_python_execution_of_the_kernel_matches_the_twin() -> None:
         pool = np.array([0, 3, 5, 6, 10, 13, 22, 23], dtype=np.int64)
         tasks = np.array([0, 1, -5, 2**62], dtype=np.int64)
         key = 0xFEDC_BA98_7654_3210
-        got = sample_episodes(images, pool, key, tasks, 3, 2, 3)
-        want = sample_episodes_reference(images, pool, key, tasks, 3, 2, 3)
-        for name in vars(want):
-            assert np.array_equal(getattr(got, name), getattr(want, name)), name
+        upright = np.array([0, 4, 12, 20], dtype=np.int64)
+        for pool, rotate in ((pool, False), (upright, True)):
+            args = (images, pool, key, tasks, 3, 2, 3)
+            got = sample_episodes(*args, random_rotation=rotate)
+            want = sample_episodes_reference(*args, random_rotation=rotate)
+            for name in vars(want):
+                assert np.array_equal(getattr(got, name), getattr(want, name)), name
         print("parity")
         """
     )
@@ -315,6 +440,23 @@ BAD_ARGUMENTS = [
     pytest.param({"pool": np.array([4, 8, 4], np.int64)}, "duplicate class ids", id="duplicate"),
     pytest.param({"task_index": np.zeros((2, 2), np.int64)}, "task_index must be a 1-d", id="2d"),
     pytest.param({"task_index": np.arange(3.0)}, "task_index must be a 1-d int64", id="float"),
+    pytest.param(
+        {"random_rotation": True, "pool": SOME_CHARACTERS, "ways": 7},
+        r"ways=7 exceeds the 6 characters \(upright ids\) in the pool",
+        id="random-rotation-ways",
+    ),
+    pytest.param(
+        {"random_rotation": True, "pool": SOME_CLASSES},
+        r"pool must hold upright ids \(character \* 4\), got 5",
+        id="random-rotation-rotated-pool",
+    ),
+    pytest.param({"random_rotation": 1}, "random_rotation must be True or False", id="rotate-1"),
+    pytest.param(
+        {"images": np.zeros((2, 4, 5, 6), np.uint8), "pool": np.array([0, 4], np.int64)}
+        | {"queries": 1, "random_rotation": True},
+        "rotated classes need square images",
+        id="random-rotation-non-square",
+    ),
     pytest.param(
         {
             "images": np.zeros((2, 4, 5, 6), np.uint8),

@@ -257,6 +257,7 @@ def test_data_dir_comes_before_mamlflow_data(
     monkeypatch.setenv("MAMLFLOW_DATA", str(tmp_path / "root"))
     arrays = load_omniglot(SHARED, cache_dir=built.cache_dir, download=False)
     assert arrays.characters == built.arrays.characters
+    (tmp_path / "empty").mkdir()  # a data_dir without the files: the next place is looked in
     with pytest.raises(DataError, match="HTML page"):
         load_omniglot(tmp_path / "empty", cache_dir=built.cache_dir, download=False)
 
@@ -362,13 +363,14 @@ def _assert_how_to_place(message: str) -> None:
 
 
 def test_missing_data_without_download_is_one_line(tmp_path: Path, _isolated: Path) -> None:
+    (tmp_path / "nowhere").mkdir()  # a data_dir that exists but holds neither archive
     with pytest.raises(DataError) as excinfo:
         load_omniglot(
             tmp_path / "nowhere", cache_dir=tmp_path / "cache", download=False, fetch=_no_network
         )
     message = _one_line(excinfo)
     assert message.startswith("Omniglot not found")
-    assert f"{tmp_path / 'nowhere'} (data_dir): no such directory" in message
+    assert f"{tmp_path / 'nowhere'} (data_dir): has neither" in message
     assert "$MAMLFLOW_DATA/omniglot (unset)" in message
     assert str(_isolated / "omniglot") in message and "download=False" in message
     _assert_how_to_place(message)
@@ -377,6 +379,7 @@ def test_missing_data_without_download_is_one_line(tmp_path: Path, _isolated: Pa
 def test_missing_data_offline_is_one_line_and_leaves_nothing(
     tmp_path: Path, _isolated: Path
 ) -> None:
+    (tmp_path / "nowhere").mkdir()
     with pytest.raises(DataError) as excinfo:
         load_omniglot(tmp_path / "nowhere", cache_dir=tmp_path / "cache", fetch=_no_network)
     message = _one_line(excinfo)
@@ -455,3 +458,11 @@ def test_core_does_not_import_the_data_layer_and_it_imports_no_heavy_extras() ->
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error_not_a_fallback(tmp_path: Path) -> None:
+    from mamlflow.core import DataError
+
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(DataError, match=r"^task\.data_dir: .*no-such-folder is not a directory"):
+        load_omniglot(missing, cache_dir=tmp_path / "cache", download=False)

@@ -4,9 +4,15 @@
 characters, the first 1,100 for meta-training, the next 100 for validation, the remaining 423 for
 meta-testing. ``split="vinyals"`` is the fixed alphabet split of Vinyals et al. (2016) used by
 most later work: 1,028 / 172 / 423 characters. Each character rotated by 0/90/180/270° is a class
-of its own (Santoro et al.), in every split. The
-episode sampler is the numba kernel of ``mamlflow.kernels`` (its numpy twin when numba cannot
-run), keyed by (seed, split, iteration, global task index) like every task family.
+of its own (Santoro et al.), in every split.
+
+A task holds N distinct characters, each at a rotation drawn per task and character, as the
+authors' code samples them (``distinct="characters"``). ``distinct="classes"`` draws N distinct
+classes from the split's character × rotation pool instead, so one task can hold two rotations of
+a character (in 1.8% of 5-way tasks on the 423 test characters, 29% of 20-way ones): mamlflow's
+sampling before issue 14, kept bit for bit to reproduce older runs. The episode sampler is the
+numba kernel of ``mamlflow.kernels`` (its numpy twin when numba cannot run), keyed by (seed,
+split, iteration, global task index) like every task family.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from mamlflow.core import (
+    SAVED_DEFAULT,
     SPLITS,
     ModelIO,
     Preset,
@@ -65,6 +72,18 @@ class OmniglotConfig(TaskConfig):
     )
     split_seed: int = Field(1, description="seed of the paper split's character shuffle")
     rotations: bool = Field(True, description="each 90° rotation of a character is a class")
+    distinct: Literal["characters", "classes"] = Field(
+        "characters",
+        description=(
+            "what a task's N classes differ in. characters (the authors' sampling): N different "
+            "characters, each at a random rotation drawn per task and character. classes: N "
+            "different character x rotation classes, so a task can hold two rotations of one "
+            "character (mamlflow's sampling before issue 14: reproduces older runs bit for bit). "
+            "Without rotations both are the same"
+        ),
+        # A run saved before this option existed sampled classes, and keeps doing so.
+        json_schema_extra={SAVED_DEFAULT: "classes"},
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> OmniglotConfig:
@@ -75,7 +94,21 @@ class OmniglotConfig(TaskConfig):
             )
         if self.shots + self.query > 20:
             raise ValueError("shots + query must be at most 20 (drawings per character)")
+        if self.split == "paper":  # the Vinyals split's sizes are known once the data is
+            self._ways_fit()
         return self
+
+    def _ways_fit(self) -> None:
+        per_character = ROTATIONS if self.rotations and self.distinct == "classes" else 1
+        test = NUM_CHARACTERS - self.train_characters - self.val_characters
+        sizes = {"training": self.train_characters, "validation": self.val_characters}
+        for split, characters in {**sizes, "test": test}.items():
+            if 0 < characters * per_character < self.ways:
+                what = "classes" if per_character > 1 else "characters"
+                raise ValueError(
+                    f"ways={self.ways} exceeds the {characters * per_character} {split} {what} "
+                    f"(task.distinct={self.distinct})"
+                )
 
 
 # Vinyals et al. (2016): test = these evaluation alphabets plus Gurmukhi characters 42-45;
@@ -102,10 +135,13 @@ def _vinyals_split(names: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 class OmniglotSplits:
-    """Which characters each split may use.
+    """Which characters each split may use, and the pool of ids the sampler draws a task from.
 
     ``names`` (``"<Alphabet>/characterNN"`` per character index) is needed for the Vinyals split
-    only; the paper split is a pure function of ``split_seed``.
+    only; the paper split is a pure function of ``split_seed``. With ``random_rotation`` a pool
+    holds one upright id per character and the sampler draws each chosen character's rotation;
+    without, it holds every class the split may use (character × rotation, or upright only when
+    ``rotations`` is off).
     """
 
     def __init__(self, config: OmniglotConfig, names: tuple[str, ...] | None = None) -> None:
@@ -121,7 +157,10 @@ class OmniglotSplits:
                 "val": np.sort(order[n_train : n_train + n_val]),
                 "test": np.sort(order[n_train + n_val :]),
             }
-        rotations = np.arange(ROTATIONS if config.rotations else 1)
+        # distinct="characters" leaves the rotation to the sampler, one per task and character.
+        self.random_rotation = config.rotations and config.distinct == "characters"
+        pooled = config.rotations and config.distinct == "classes"
+        rotations = np.arange(ROTATIONS if pooled else 1)
         # Class id = character * 4 + rotation, the episode kernel's convention.
         self.pools: dict[str, np.ndarray] = {
             split: (chars[:, None] * ROTATIONS + rotations[None, :]).reshape(-1).astype(np.int64)
@@ -191,6 +230,7 @@ class Omniglot(TaskFamily):
             "split": self.config.split,
             "split_seed": self.config.split_seed if self.config.split == "paper" else None,
             "rotations": self.config.rotations,
+            "distinct": self.config.distinct,
             "characters": {
                 split: [names[i] for i in chars] for split, chars in self.splits.characters.items()
             },
@@ -232,6 +272,7 @@ class Omniglot(TaskFamily):
             self.config.ways,
             shots,
             query,
+            random_rotation=self.splits.random_rotation,
         )
         return TaskBatch(
             support={
