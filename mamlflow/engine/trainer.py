@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -174,6 +175,7 @@ class Trainer:
         self._check_trainable()
         self.on_step = on_step
         self.selection: Selection | None = None
+        self._selecting = False
 
     def request_stop(self, reason: str = "interrupted") -> None:
         """Finish the current iteration, write a checkpoint and return (Ctrl-C, SIGTERM).
@@ -183,6 +185,9 @@ class Trainer:
         ``TrainSummary.stopped_by`` (``"interrupted"``, ``"terminated"``).
         """
         self.control.request_stop(reason)
+        if self._selecting:
+            # Measuring or compiling kernels can take minutes; abandon it, take no step.
+            raise _SelectionInterrupted
 
     def fit(self) -> TrainSummary:
         """Train until ``train.iterations``, the time limit or a stop request; checkpoint.
@@ -230,7 +235,11 @@ class Trainer:
                 run.stopped_by = self.control.stop_reason or "time_limit"
                 break
             batch = self._sample(run)
-            result = self._step(run, batch)
+            try:
+                result = self._step(run, batch)
+            except _SelectionInterrupted:
+                run.stopped_by = self.control.stop_reason or "interrupted"
+                break
             logged = self.components.source.logged(
                 batch.data, self._scale, self.components.dtype, self.components.device
             )
@@ -337,6 +346,7 @@ class Trainer:
     def _step(self, run: _Run, batch: _Batch) -> StepResult:
         """The shard's meta-loss and meta-gradient (the kernel chosen on first use)."""
         c = self.components
+        fresh = (batch.first_order, batch.weights is not None) not in run.steps_by_kind
         meta_step = self._meta_step(run, batch)
         scale: Tensor | float = self._scale
         if batch.weights is not None:
@@ -344,7 +354,10 @@ class Trainer:
         if batch.data is None:
             return _no_tasks(run.params, run.learnables)
         support, query = batch.data.support, batch.data.query
-        with plugin_code(self._step_who, "the meta-step", smaller="train.meta_batch_size"):
+        # A compiled kernel compiles on its first call: a stop request abandons that too (one
+        # process only: with several, every process must take part in the step's all_reduce).
+        first_call = self._interruptible() if fresh and self.dist.world_size == 1 else nullcontext()
+        with first_call, plugin_code(self._step_who, "the meta-step", "train.meta_batch_size"):
             result = meta_step(run.params, run.learnables, support, query, scale)
         # Kept on the device, no sync: the first iteration whose meta-loss is not finite.
         bad = ~torch.isfinite(result.loss.detach())
@@ -597,22 +610,40 @@ class Trainer:
         objective, adapter, requested = c.objective(), c.adapter, run.strategy
         dist = self.dist
         if dist.world_size == 1:
-            return select_meta_step(requested, objective, adapter, **options)
+            with self._interruptible():
+                return select_meta_step(requested, objective, adapter, **options)
         if dist.is_main:  # measures (auto) or checks (explicit) for every process
             try:
-                selection = select_meta_step(requested, objective, adapter, **options)
+                with self._interruptible():
+                    selection = select_meta_step(requested, objective, adapter, **options)
             except ConfigError as exc:  # refused: every process stops with the same line
                 dist.broadcast_object((None, exc.issues), "sharing the kernel")
+                raise
+            except _SelectionInterrupted:
+                dist.broadcast_object((None, None), "sharing the kernel")
                 raise
             dist.broadcast_object((selection.strategy, selection.reason), "sharing the kernel")
             return selection
         chosen, reason = dist.broadcast_object(None, "sharing the kernel")
+        if chosen is None and reason is None:
+            raise _SelectionInterrupted  # rank 0 was stopped while measuring
         if chosen is None:
             raise ConfigError(reason)
         selection = select_meta_step(chosen, objective, adapter, **options, verify=False)
         if requested != "auto":
             return selection
         return Selection(selection.strategy, selection.step, f"rank 0 measured: {reason}")
+
+    @contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """While kernels are measured or compiled, a stop request abandons them at once."""
+        if self.control.stop_reason is not None:
+            raise _SelectionInterrupted
+        self._selecting = True
+        try:
+            yield
+        finally:
+            self._selecting = False
 
     def _sum_over_processes(
         self,
@@ -687,6 +718,14 @@ class Trainer:
                 f"(expected {sorted(expected)} with their shapes); resume with the run's own "
                 "config.json, unchanged"
             )
+
+
+class _SelectionInterrupted(BaseException):
+    """A stop request while kernels were being measured or compiled: abandon them.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that the selection's own handling of a
+    failing candidate (``except Exception``) does not take it for a compiler error.
+    """
 
 
 def _check_can_write(run_dir: Path) -> None:

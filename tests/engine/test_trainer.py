@@ -248,3 +248,56 @@ def test_a_nan_meta_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert "NaN" not in text and "Infinity" not in text and '"meta_loss": null' in text
     for line in text.splitlines():
         json.loads(line, parse_constant=lambda token: pytest.fail(f"non-strict {token}"))
+
+
+def test_a_stop_while_a_kernel_compiles_abandons_it_and_takes_no_step(
+    host: PluginHost, tmp_path: Path
+) -> None:
+    """A compile takes minutes on a small CPU: Ctrl-C or SIGTERM must not wait for it."""
+    import os
+    import signal
+    import time
+    from typing import Any, ClassVar
+
+    from mamlflow.core import MetaStep, hookimpl
+    from mamlflow.plugins.maml import MAML
+
+    class SlowFirstCall(MAML):
+        """MAML whose kernel's first call takes a minute, as a cold torch.compile does."""
+
+        name: ClassVar[str] = "slow-first-call"
+
+        def make_meta_step(self, *args: Any, **kwargs: Any) -> MetaStep:
+            step = super().make_meta_step(*args, **kwargs)
+            calls = []
+
+            def first_call_compiles(*a: Any) -> Any:
+                if not calls:
+                    calls.append(1)
+                    os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C meanwhile
+                    time.sleep(60)
+                return step(*a)
+
+            return first_call_compiles
+
+    class Plugin:
+        @hookimpl
+        def register_algorithms(self, register: Any) -> None:
+            register(SlowFirstCall)
+
+    undo = host.add_plugin(Plugin(), "slow")
+    try:
+        config = _config(host, "algorithm.name=slow-first-call", "train.iterations=50")
+        trainer = Trainer(config, tmp_path, host)
+        previous = signal.signal(signal.SIGINT, lambda *_: trainer.request_stop())
+        try:
+            started = time.perf_counter()
+            summary = trainer.fit()
+            took = time.perf_counter() - started
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    finally:
+        undo()
+    assert took < 30 and summary.stopped_by == "interrupted" and summary.iteration == 0
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint.iteration == 0 and checkpoint.strategy == "batched"
