@@ -72,19 +72,38 @@ def load_checkpoint(run_dir: Path | str, name: str = rundir.CHECKPOINT) -> Check
             "version: start a new run"
         )
     try:
-        return Checkpoint(
+        checkpoint = Checkpoint(
             iteration=int(payload["iteration"]),
-            params=dict(payload["params"]),
-            learnables=dict(payload["learnables"]),
-            optimizer=payload["optimizer"],
-            rng=dict(payload["rng"]),
+            params=_tensors(payload["params"], "params"),
+            learnables=_tensors(payload["learnables"], "learnables"),
+            optimizer=_mapping(payload["optimizer"], "optimizer"),
+            rng=_tensors(payload["rng"], "rng"),
             strategy=str(payload["strategy"]),
             elapsed=float(payload["elapsed"]),
             finished=bool(payload["finished"]),
             best=None if payload.get("best") is None else float(payload["best"]),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CheckpointError(
-            f"{path} is missing {exc}; the file is damaged: restore it from a copy or start "
+            f"{path} is damaged ({type(exc).__name__}: {exc}): restore it from a copy or start "
             "a new run"
         ) from exc
+    if "torch" not in checkpoint.rng or checkpoint.rng["torch"].dtype != torch.uint8:
+        raise CheckpointError(
+            f"{path} is damaged (no torch RNG state): restore it from a copy or start a new run"
+        )
+    return checkpoint
+
+
+def _mapping(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} is a {type(value).__name__}, not a mapping")
+    return value
+
+
+def _tensors(value: object, what: str) -> dict[str, Tensor]:
+    """A mapping of names to tensors, as every tensor field of a checkpoint is."""
+    found = _mapping(value, what)
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in found.items()):
+        raise TypeError(f"{what} is not a mapping of names to tensors")
+    return dict(found)

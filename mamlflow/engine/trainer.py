@@ -277,8 +277,15 @@ class Trainer:
                     params[k].copy_(v)
                 for k, v in ckpt.learnables.items():
                     learnables[k].copy_(v)
-            optimizer.load_state_dict(ckpt.optimizer)
-            torch.set_rng_state(ckpt.rng["torch"])
+            try:
+                optimizer.load_state_dict(ckpt.optimizer)
+                torch.set_rng_state(ckpt.rng["torch"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(
+                    f"{self.files.checkpoint}'s optimizer or RNG state does not fit this run "
+                    f"(outer.name={self.config.outer.name}: {type(exc).__name__}); resume with "
+                    "the run's own config.json, unchanged, or restore the checkpoint from a copy"
+                ) from exc
             run.start, run.elapsed_before, run.best = ckpt.iteration, ckpt.elapsed, ckpt.best
             # Keep the kernel the run started with, so resuming is bitwise exact.
             run.strategy = ckpt.strategy
