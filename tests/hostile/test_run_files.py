@@ -146,3 +146,27 @@ def test_resuming_from_a_checkpoint_with_foreign_state_is_one_line(
         with pytest.raises(CheckpointError, match=r"optimizer or RNG state does not fit"):
             Trainer(config, copy, HOST, resume=True).fit()
         assert load_checkpoint(copy).iteration == 2  # left as it was
+
+
+def test_a_garbage_eval_json_is_replaced_by_the_next_evaluation(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mamlflow.cli import main
+
+    tried = []
+
+    @settings(_SETTINGS, max_examples=15)
+    @given(garbage)
+    def check(content: bytes) -> None:
+        tried.append(1)
+        (run_dir / rundir.EVAL).write_bytes(content)
+        with pytest.raises(SystemExit) as done:
+            main(["eval", str(run_dir), "--shots", "5", "--steps", "1", "--tasks", "4",
+                  "--no-plots", "--json"])  # fmt: skip
+        assert done.value.code in (0, None), capsys.readouterr().err
+        saved = json.loads((run_dir / rundir.EVAL).read_text())
+        assert [r["shots"] for r in saved["results"]] == [5]
+
+    check()
+    print(f"tried {len(tried)} garbage eval.json files")
+    assert len(tried) >= 10
