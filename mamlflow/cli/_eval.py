@@ -13,6 +13,7 @@ from rich.table import Table
 
 from mamlflow.core import CheckpointError, RunConfig, RunDir, atomic_write, rundir, strict_json
 from mamlflow.engine import (
+    EVAL_FILES,
     EVAL_LOCK,
     Checkpoint,
     EvalResult,
@@ -23,6 +24,7 @@ from mamlflow.engine import (
     load_checkpoint,
     load_saved,
     plugin_code,
+    remove_stale_temporaries,
     run_lock,
     writing,
 )
@@ -83,6 +85,7 @@ def eval_command(
         examples_of=files.examples if plots else None,
     )
     with run_lock(run_dir, "eval", EVAL_LOCK), writing(rundir.EVAL, run_dir):
+        remove_stale_temporaries(run_dir, EVAL_FILES)  # a killed evaluation's
         _save(run_dir, results, ckpt.iteration, "best" if best else "final")
         if plots:
             from ._plots import plot_adaptation

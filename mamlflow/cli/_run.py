@@ -182,6 +182,7 @@ def _prepare_launch(
     if run_dir is None:
         run_dir = _default_run_dir(resolved)
     if not resuming:
+        check_unlocked(run_dir)
         _refuse_existing_run(run_dir)
     check_device(resolved.config.device, nproc)  # fails once, here, not in every process
     return run_dir
@@ -197,10 +198,11 @@ def _train_here(
             # Under torchrun without --out: rank 0 names the directory for everyone.
             name = str(_default_run_dir(resolved)) if dist.is_main else None
             run_dir = Path(dist.broadcast_object(name, "sharing the run directory"))
+        if dist.is_main:
+            # First: a directory being trained holds a run too, and its holder is the news.
+            check_unlocked(run_dir)  # refuse before the bar shows; fit() takes the lock
         if not resuming:
             _refuse_existing_run(run_dir)
-        if dist.is_main:
-            check_unlocked(run_dir)  # refuse before the bar shows; fit() takes the lock
         # Build everything (device, model, plugins) before touching the run directory, so a bad
         # choice leaves no half-made run behind. The trainer writes config.json itself.
         trainer = Trainer(resolved, run_dir, host, resume=resuming, dist=dist)

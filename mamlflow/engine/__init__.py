@@ -56,6 +56,7 @@ from .host import PluginHost as PluginHost
 from .host import PluginWarning as PluginWarning
 from .host import get_host as get_host
 from .host import reset_host as reset_host
+from .locking import EVAL_FILES as EVAL_FILES
 from .locking import EVAL_LOCK as EVAL_LOCK
 from .locking import RUN_LOCK as RUN_LOCK
 from .locking import check_unlocked as check_unlocked
@@ -87,6 +88,7 @@ __all__ = [
     "DIST_TIMEOUT_ENV",
     "DIVERGED",
     "ENTRY_POINT_GROUP",
+    "EVAL_FILES",
     "EVAL_LOCK",
     "ORDERS",
     "RUN_LOCK",

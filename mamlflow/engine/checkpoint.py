@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -46,8 +46,42 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, name: str = rundir.CHECKPOI
         "finished": ckpt.finished,
         "best": ckpt.best,
     }
-    atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: _torch_save(payload, f))
     return path
+
+
+class _Sink:
+    """What ``torch.save`` writes to: ``file``, keeping the ``OSError`` a write raised."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _torch_save(payload: dict[str, Any], file: BinaryIO) -> None:
+    """``torch.save(payload, file)``, raising the ``OSError`` of a failed write as it is.
+
+    torch's zip writer reports a write that raised (a full disk) as a ``RuntimeError``
+    ("unexpected pos …") that names no cause; the ``OSError`` lets ``writing`` say what
+    happened (no space left) in one line instead of a traceback.
+    """
+    sink = _Sink(file)
+    try:
+        torch.save(payload, sink)
+    except RuntimeError:
+        if sink.error is None:
+            raise
+        raise sink.error from None
 
 
 def load_checkpoint(run_dir: Path | str, name: str = rundir.CHECKPOINT) -> Checkpoint:

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core import CheckpointError, rundir
+from .guard import writing
 
-__all__ = ["EVAL_LOCK", "RUN_LOCK", "remove_stale_temporaries", "run_lock"]
+__all__ = ["EVAL_FILES", "EVAL_LOCK", "RUN_LOCK", "remove_stale_temporaries", "run_lock"]
 
 RUN_LOCK = ".mamlflow.lock"
 """Held by the process training in the directory (``run``, ``--resume``)."""
@@ -46,23 +47,40 @@ def run_lock(run_dir: Path, purpose: str, name: str = RUN_LOCK) -> Iterator[None
     except ImportError:  # not POSIX: no advisory locks to take
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with writing(name, run_dir):  # a full disk or a read-only place: one line
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             raise CheckpointError(
-                f"{run_dir} is in use by another mamlflow process (PID {holder}); wait for it "
-                "to finish, stop it, or choose another run directory"
+                f"{run_dir} is in use by another mamlflow process (PID {_holder(fd)}); wait for "
+                "it to finish, stop it, or choose another run directory"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} ({purpose})\n".encode(), 0)
+        _note_holder(fd, purpose)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _note_holder(fd: int, purpose: str) -> None:
+    """Write this process's PID into the lock file, for the error of the next one to try."""
+    note = f"{os.getpid()} ({purpose})\n".encode()
+    try:
+        # Over the old note, then cut to length: overwriting needs no new block on a full disk,
+        # and a reader never sees an empty file.
+        os.pwrite(fd, note, 0)
+        os.ftruncate(fd, len(note))
+    except OSError:
+        pass  # the flock is the lock; without the note, the next process says "PID unknown"
+
+
+def _holder(fd: int) -> str:
+    """The note of the process holding the lock (its first line: a longer old note's tail may
+    follow it for a moment)."""
+    lines = os.pread(fd, 200, 0).decode(errors="replace").strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
 
 
 def check_unlocked(run_dir: Path, name: str = RUN_LOCK) -> None:
@@ -75,14 +93,17 @@ def check_unlocked(run_dir: Path, name: str = RUN_LOCK) -> None:
             pass
 
 
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the temporary files of a run's own writes that a killed writer left behind.
+EVAL_FILES = (rundir.EVAL,)
+"""What ``eval`` writes atomically under ``EVAL_LOCK``."""
 
-    Only safe while holding the run lock: no one else writes these files then. Returns them.
+
+def remove_stale_temporaries(run_dir: Path, names: tuple[str, ...] = _RUN_FILES) -> list[Path]:
+    """Delete the temporary files of ``names``' writes that a killed writer left behind.
+
+    Only safe while holding the lock that guards those files (the run lock for a run's own
+    files, ``EVAL_LOCK`` for ``EVAL_FILES``): no one else writes them then. Returns them.
     """
-    stale = [
-        path for name in _RUN_FILES for path in run_dir.glob(f".{name}.*.tmp") if path.is_file()
-    ]
+    stale = [path for name in names for path in run_dir.glob(f".{name}.*.tmp") if path.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -215,6 +215,12 @@ class Trainer:
 
     def _tidy(self) -> None:
         """Under the lock: drop a killed writer's temporaries and a checkpoint-less attempt."""
+        if not self.resume and not self.files.is_free():
+            # Checked in __init__ too, but a run that was finishing then may have ended since.
+            raise CheckpointError(
+                f"{self.run_dir} already holds a run (it was written while this one started); "
+                f"continue it with --resume {self.run_dir} or choose another run directory"
+            )
         for path in remove_stale_temporaries(self.run_dir):
             log.info("removed %s, left by a run that was killed while writing it", path.name)
         if not self.resume and not self.files.holds_run():
