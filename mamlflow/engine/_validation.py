@@ -96,6 +96,7 @@ def validate(
             issues.append(f"{section}.name: {error}{name_from}")
             continue
         models[section] = plugin.Config
+        raw = _without_preset_leftovers(raw, plugin.Config, section, provenance)
         try:
             values[section] = plugin.Config.model_validate(raw)
         except ValidationError as error:
@@ -116,6 +117,28 @@ def validate(
     if issues:
         raise ConfigError(issues)
     return config
+
+
+def _without_preset_leftovers(
+    raw: Mapping[str, Any],
+    config: type[BaseModel],
+    section: str,
+    provenance: Mapping[str, str],
+) -> Mapping[str, Any]:
+    """``raw`` less the preset's options that the plugin the user chose instead does not take.
+
+    ``--plugin miniimagenet --set model.name=resnet12`` means ResNet-12 in that preset: conv4's
+    ``filters`` and ``downsample``, which the preset set for the model it chose, do not apply.
+    Options the user wrote are kept (and still rejected if the plugin does not take them).
+    """
+    if (source_of(provenance, f"{section}.name") or "").startswith("preset "):
+        return raw
+    return {
+        key: value
+        for key, value in raw.items()
+        if key in config.model_fields
+        or not (source_of(provenance, f"{section}.{key}") or "").startswith("preset ")
+    }
 
 
 class _UnregisteredCallbackConfig(CallbackConfig):

@@ -612,3 +612,19 @@ def test_a_saved_config_that_predates_an_option_gets_the_value_its_run_used(
     assert loaded.config.task.distinct == "classes"  # type: ignore[attr-defined]
     assert loaded.provenance["task.distinct"] == "run saved before the option existed"
     assert load_saved(host, tmp_path / "config.json").config.task.name == "omniglot"
+
+
+def test_choosing_another_plugin_drops_the_presets_options_for_the_one_it_chose() -> None:
+    """``--set model.name=mlp`` on an Omniglot preset: conv4's filters and downsample, set by
+    the preset for conv4, do not reach the MLP; an option the user writes still must fit."""
+    host = PluginHost(autoload=False)
+    resolved = resolve(host, preset="omniglot", sets=["model.name=mlp"])
+    assert resolved.config.model.name == "mlp"
+    assert resolved.config.task.ways == 5  # the rest of the preset is kept
+    assert not any(key.startswith("model.filters") for key in resolved.provenance)
+    with pytest.raises(ConfigError) as info:
+        resolve(host, preset="omniglot", sets=["model.name=mlp", "model.filters=3"])
+    assert info.value.issues == ["model.filters: Extra inputs are not permitted (from --set)"]
+    # A preset's own choice keeps its options checked: a typo in a preset is still an error.
+    with pytest.raises(ConfigError):
+        resolve(host, preset="omniglot", sets=["model.filterz=3"])
