@@ -110,17 +110,39 @@ class TaskBatch:
     def num_tasks(self) -> int:
         return int(self.task_index.shape[0])
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TaskBatch:
-        """Move to ``device``; floating tensors are cast to ``dtype`` when given."""
+    def to(
+        self,
+        device: torch.device | str,
+        dtype: torch.dtype | None = None,
+        *,
+        non_blocking: bool = False,
+    ) -> TaskBatch:
+        """Move to ``device``; floating tensors are cast to ``dtype`` when given.
+
+        ``non_blocking``: copy from pinned memory without waiting (see ``pin_memory``).
+        """
 
         def move(d: TensorDict) -> TensorDict:
             return {
-                k: v.to(device, dtype if dtype is not None and v.is_floating_point() else None)
+                k: v.to(
+                    device,
+                    dtype if dtype is not None and v.is_floating_point() else None,
+                    non_blocking=non_blocking,
+                )
                 for k, v in d.items()
             }
 
+        index = self.task_index.to(device, non_blocking=non_blocking)
+        return TaskBatch(move(self.support), move(self.query), index, move(self.info))
+
+    def pin_memory(self) -> TaskBatch:
+        """A copy in page-locked host memory, which a CUDA device copies from asynchronously."""
+
+        def pin(d: TensorDict) -> TensorDict:
+            return {k: v.pin_memory() for k, v in d.items()}
+
         return TaskBatch(
-            move(self.support), move(self.query), self.task_index.to(device), move(self.info)
+            pin(self.support), pin(self.query), self.task_index.pin_memory(), pin(self.info)
         )
 
     def shard(self, start: int, stop: int) -> TaskBatch:
@@ -160,6 +182,11 @@ class TaskFamily(ABC):
     Config: ClassVar[type[TaskConfig]] = TaskConfig
     metric: ClassVar[Metric]
     description: ClassVar[str] = ""
+    prefetch: ClassVar[bool] = False
+    """Whether the trainer may call ``sample`` in a background thread, to build the next
+    meta-batch while the current step runs. Set it when ``sample`` is a pure function of its
+    arguments and of data loaded before training (it may run while the main thread samples
+    validation tasks); a family with mutable state leaves it False."""
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config

@@ -57,6 +57,7 @@ from .evaluation import evaluate
 from .guard import plugin_code, writing
 from .host import PluginHost
 from .locking import remove_stale_temporaries, run_lock
+from .prefetch import Prefetcher
 from .resolution import ResolvedConfig, as_resolved, load_saved, save_resolved
 
 __all__ = ["Trainer"]
@@ -232,6 +233,21 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
 
     def _fit(self) -> TrainSummary:
+        c = self.components
+        self._prefetch = Prefetcher(
+            self._sample_shard,
+            enabled=type(c.family).prefetch,
+            pin=c.device.type == "cuda",
+        )
+        try:
+            return self._loop()
+        finally:
+            self._prefetch.close()
+
+    def _sample_shard(self, iteration: int) -> TaskBatch:
+        return self.components.family.sample(self.config.seed, iteration, self._task_index)
+
+    def _loop(self) -> TrainSummary:
         run = self._restore()
         self._begin(run)
         total = self.config.train.iterations
@@ -343,10 +359,11 @@ class Trainer:
         total = cfg.train.iterations
         data = None
         if len(self._task_index):  # more processes than tasks leaves some without any
+            following = run.iteration + 1 if run.iteration + 1 < total else None
             with plugin_code(self._family_who, "sample()", smaller="train.meta_batch_size"):
-                data = c.family.sample(cfg.seed, run.iteration, self._task_index)
+                data = self._prefetch.take(run.iteration, following)
                 data = c.source.meta_batch(
-                    data.to(c.device, c.dtype),
+                    data.to(c.device, c.dtype, non_blocking=c.device.type == "cuda"),
                     run.params,
                     run.learnables,
                     seed=cfg.seed,

@@ -114,7 +114,7 @@ def _copy_rotated(src: np.ndarray, rotation: np.int64, dst: np.ndarray) -> None:
                 dst[y, x] = np.float32(src[height - 1 - x, y]) / _INK
 
 
-@_njit(cache=True, parallel=PARALLEL)
+@_njit(cache=True, nogil=True, parallel=PARALLEL)
 def _sample_kernel(
     images: np.ndarray,
     pool: np.ndarray,

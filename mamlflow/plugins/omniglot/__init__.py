@@ -195,6 +195,8 @@ class Omniglot(TaskFamily):
     Config: ClassVar[type[TaskConfig]] = OmniglotConfig
     metric = "accuracy"
     description: ClassVar[str] = "Omniglot N-way K-shot classification (Finn et al. 2017, §5.2)"
+    # sample reads the image array and the split's pools, both built before training starts.
+    prefetch: ClassVar[bool] = True
     config: OmniglotConfig
 
     @property
