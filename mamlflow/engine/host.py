@@ -69,8 +69,11 @@ ComponentKind = Literal[
 BUILTINS: tuple[str, ...] = (
     "mamlflow.plugins.sinusoid",
     "mamlflow.plugins.omniglot",
+    "mamlflow.plugins.images",
+    "mamlflow.plugins.fewshot",
     "mamlflow.plugins.mlp",
     "mamlflow.plugins.conv4",
+    "mamlflow.plugins.resnet12",
     "mamlflow.plugins.maml",
     "mamlflow.plugins.metasgd",
     "mamlflow.plugins.anil",

@@ -6,8 +6,9 @@
   TRPO and PPO re-evaluate (``make_policy_terms``), and adaptation without a meta-gradient
   (``make_adapt``, ``make_adapt_curve``, ``make_adapt_on_each``).
 * Data: the numba N-way K-shot episode sampler (``sample_episodes``) and its NumPy twin
-  (``sample_episodes_reference``). numba is imported on the first call of ``sample_episodes``
-  or ``numba_available``, never by importing this package.
+  (``sample_episodes_reference``); the image cache's sampler for classes of any size and
+  colour (``sample_image_episodes``, twin ``sample_image_episodes_reference``). numba is
+  imported on the first call of a sampler or its probe, never by importing this package.
 
 This module is the package's only entrance from outside it.
 """
@@ -23,6 +24,10 @@ from ..core import StepResult as StepResult
 from ..core import Strategy as Strategy
 from ._episodes_ref import Episodes as Episodes
 from ._episodes_ref import sample_episodes_reference as sample_episodes_reference
+from ._image_episodes_ref import ImageEpisodes as ImageEpisodes
+from ._image_episodes_ref import (
+    sample_image_episodes_reference as sample_image_episodes_reference,
+)
 from ._inner import Adaptation as Adaptation
 from ._inner import adaptation as adaptation
 from ._maml import AdaptFn as AdaptFn
@@ -50,6 +55,7 @@ __all__ = [
     "AdaptFn",
     "Adaptation",
     "Episodes",
+    "ImageEpisodes",
     "InnerData",
     "MetaStep",
     "MetaStepFactory",
@@ -60,6 +66,7 @@ __all__ = [
     "adaptation",
     "clear_selection_cache",
     "exact_float32",
+    "image_episodes_available",
     "make_adapt",
     "make_adapt_curve",
     "make_adapt_on_each",
@@ -69,6 +76,8 @@ __all__ = [
     "numba_available",
     "sample_episodes",
     "sample_episodes_reference",
+    "sample_image_episodes",
+    "sample_image_episodes_reference",
     "select_meta_step",
 ]
 
@@ -110,5 +119,35 @@ def sample_episodes(
 def numba_available() -> bool:
     """Whether the numba episode kernel runs here and matches its twin (checked once)."""
     from ._episodes import numba_available as probe  # imports numba
+
+    return probe()
+
+
+def sample_image_episodes(
+    images: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    pool: np.ndarray,
+    key: int,
+    task_index: np.ndarray,
+    ways: int,
+    shots: int,
+    queries: int,
+    *,
+    parallel: bool = False,
+) -> ImageEpisodes:
+    """Gather N-way K-shot episodes from an ``(N, H, W, C)`` uint8 image cache with the numba
+    kernel, bit-identical to ``sample_image_episodes_reference`` (see it for the arguments);
+    call ``image_episodes_available()`` first. Outputs are uint8 ``(T, n, C, H, W)``."""
+    from ._image_episodes import sample_image_episodes as kernel  # imports numba
+
+    return kernel(
+        images, starts, counts, pool, key, task_index, ways, shots, queries, parallel=parallel
+    )
+
+
+def image_episodes_available() -> bool:
+    """Whether the numba image episode kernel runs here and matches its twin (checked once)."""
+    from ._image_episodes import image_episodes_available as probe  # imports numba
 
     return probe()

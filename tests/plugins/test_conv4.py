@@ -327,3 +327,66 @@ def test_f_batch_norm_gives_wrong_second_order_meta_gradients_under_vmap(
         _meta_step(_learner(torch.float64), torch.float64, "batched", steps=1, first_order=True),
         _run("stride", torch.float64, "loop", 1, True),
     )
+
+
+# ------------------------------------------------- the MiniImagenet net at the paper's width
+
+
+def test_maxpool_net_on_cifar_sized_images_flattens_2x2_maps() -> None:
+    # CIFAR-FS and FC100: 32 → 16 → 8 → 4 → 2.
+    net = _build(ModelIO((3, 32, 32), WAYS), filters=32, downsample="maxpool")
+    assert net.head.in_features == 32 * 2 * 2
+    assert sum(p.numel() for p in net.parameters()) == 32_901 - (800 - 128) * WAYS
+    assert net(torch.randn(3, 3, 32, 32)).shape == (3, WAYS)
+
+
+def test_maxpool_net_is_the_papers_miniimagenet_architecture() -> None:
+    # Four [3×3 conv stride 1, batch norm, ReLU, 2×2 max-pool] blocks, then 800 → N.
+    net = _build(MINIIMAGENET, filters=32, downsample="maxpool")
+    sizes: list[tuple[int, ...]] = []
+    for block in net.blocks:
+        assert block.conv.stride == (1, 1) and block.conv.kernel_size == (3, 3)
+        assert block.maxpool and block.norm is not None
+        block.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[1:])))
+    net(torch.randn(2, *MINIIMAGENET.input_shape))
+    assert sizes == [(32, 42, 42), (32, 21, 21), (32, 10, 10), (32, 5, 5)]
+    convs = 3 * 32 * 9 + 32 + 3 * (32 * 32 * 9 + 32)
+    assert sum(p.numel() for p in net.parameters()) == convs + 4 * 2 * 32 + 800 * WAYS + WAYS
+
+
+@functools.cache
+def _miniimagenet_episode() -> TaskBatch:
+    """Two tasks of a 5-way 1-shot 84×84×3 episode with one query image per class."""
+    g = torch.Generator().manual_seed(0)
+
+    def part() -> dict[str, Tensor]:
+        x = torch.randn(
+            NUM_TASKS, WAYS, *MINIIMAGENET.input_shape, generator=g, dtype=torch.float64
+        )
+        y = torch.stack([torch.randperm(WAYS, generator=g) for _ in range(NUM_TASKS)])
+        return {"x": x, "y": y}
+
+    return TaskBatch(part(), part(), torch.arange(NUM_TASKS))
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
+def test_miniimagenet_net_batched_meta_gradients_match_the_loop(first_order: bool) -> None:
+    # The paper's MiniImagenet conv4 at its width (32 filters) on 84×84×3 with its inner
+    # learning rate, in float64.
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        module = _build(MINIIMAGENET, filters=32, downsample="maxpool")
+    learner = Learner(module).to("cpu", torch.float64)
+    batch = _miniimagenet_episode()
+
+    def objective(params: Mapping[str, Tensor], data: Mapping[str, Tensor]) -> Tensor:
+        return F.cross_entropy(learner(dict(params), data["x"]), data["y"])
+
+    results = {}
+    for strategy in ("loop", "batched"):
+        step = make_meta_step(
+            objective, sgd(0.01), steps=1, first_order=first_order, strategy=strategy
+        )
+        params = learner.init_params()
+        results[strategy] = step(params, {}, batch.support, batch.query, 1.0 / NUM_TASKS)
+    _assert_step_close(results["batched"], results["loop"])
