@@ -6,7 +6,11 @@
 #      number of processes and the all_reduce's cost (benchmarks/distributed.py);
 #   3. `metaflow bench` for Omniglot 5-way 1-shot (15 query/class, 32 tasks), second order;
 #   4. a timed Omniglot 5-way 1-shot training run (the paper's preset) and its evaluation;
-#   5. `metaflow bench` for Omniglot first order and for sinusoid;
+#   5. a timed MiniImagenet 5-way 1-shot training run (the `miniimagenet` preset) on the synthetic
+#      full-shape set (benchmarks/make_synthetic_miniimagenet.py writes it first, unless
+#      GPU_CHECK_MINI_DATA names a MiniImagenet folder), its iterations/s and the projected time
+#      of the full 60,000-iteration schedule;
+#   6. `metaflow bench` for Omniglot first order and for sinusoid;
 # then a short table. Sections run in order of importance under one overall deadline, so a slow
 # machine still ends in time with the table of whatever finished.
 #
@@ -23,10 +27,13 @@ OUT_DIR=${GPU_CHECK_OUT:-gpu_check_out}
 BUDGET=${GPU_CHECK_BUDGET:-540}            # seconds for everything
 TRAIN_S=${GPU_CHECK_TRAIN_SECONDS:-150}    # train.time_limit of the Omniglot run (compile included)
 RUN_DIR=${GPU_CHECK_RUN_DIR:-$(mktemp -d)/omniglot-5w1s}
+MINI_S=${GPU_CHECK_MINI_SECONDS:-90}        # train.time_limit of the MiniImagenet run
+MINI_DATA=${GPU_CHECK_MINI_DATA:-$(mktemp -d)/miniimagenet}
+MINI_RUN_DIR=$(mktemp -d)/miniimagenet-5w1s
 DEVICE=${GPU_CHECK_DEVICE:-cuda}           # cpu: a dry run of this script on any machine
 STRATEGIES=loop,batched,compiled,cudagraphs
 [[ $DEVICE == cpu ]] && STRATEGIES=loop,batched
-export PY OUT_DIR TRAIN_S RUN_DIR DEVICE PYTHONUNBUFFERED=1
+export PY OUT_DIR TRAIN_S RUN_DIR DEVICE MINI_S MINI_DATA MINI_RUN_DIR PYTHONUNBUFFERED=1
 mkdir -p "$OUT_DIR"
 DEADLINE=$(( $(date +%s) + BUDGET ))
 SUMMARY=()
@@ -107,6 +114,18 @@ train() {
 }
 export -f train
 section "train+eval omniglot 5w1s" $(( TRAIN_S + 120 )) train
+mini() {
+    if [[ ! -f $MINI_DATA/train.csv && ! -f $MINI_DATA/mini-imagenet-cache-train.pkl ]]; then
+        "$PY" benchmarks/make_synthetic_miniimagenet.py "$MINI_DATA" >&2 || return 1
+    fi
+    "$PY" -m mamlflow run --plugin miniimagenet --device "$DEVICE" --out "$MINI_RUN_DIR" \
+        --set "task.data_dir=$MINI_DATA" --set "train.time_limit=$MINI_S" --set train.log_every=5
+    local rc=$?
+    cp "$MINI_RUN_DIR/metrics.jsonl" "$OUT_DIR/metrics_miniimagenet.jsonl" 2>/dev/null
+    return $rc
+}
+export -f mini
+section "train miniimagenet 5w1s" $(( MINI_S + 150 )) mini
 section "bench omniglot 1st" 120 bench bench_omniglot_first --plugin omniglot --order first \
     --set task.query=15 --strategies "$STRATEGIES"
 section "bench sinusoid 2nd" 90 bench bench_sinusoid_second --plugin sinusoid --order second \
@@ -157,19 +176,25 @@ for name in ("bench_omniglot_second", "bench_omniglot_first", "bench_sinusoid_se
     auto = report.get("auto") or {}
     print(f"{name:<24} auto -> {auto.get('strategy')}: {auto.get('reason')}")
 print()
-try:
-    records = [json.loads(l) for l in (out / "metrics_omniglot.jsonl").read_text().splitlines() if l.strip()]
-except OSError:
-    records = []
-records = [r for r in records if "elapsed" in r]
-if len(records) >= 2:
+def projection(name, path):
+    """A run's steady iterations/s (from its first to its last metrics record) and the 60,000
+    iterations of the paper's schedule at that rate."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        lines = []
+    records = [r for r in (json.loads(l) for l in lines if l.strip()) if "elapsed" in r]
+    if len(records) < 2:
+        print(f"{name} run: no metrics")
+        return
     first, last = records[0], records[-1]
     rate = (last["iteration"] - first["iteration"]) / max(last["elapsed"] - first["elapsed"], 1e-9)
-    print(f"omniglot 5w1s run: {last['iteration']} iterations in {last['elapsed']:.0f} s "
+    print(f"{name} run: {last['iteration']} iterations in {last['elapsed']:.0f} s "
           f"(compile included); steady {rate:.1f} it/s incl. validation -> "
           f"60,000 iterations ~ {60000 / rate / 60:.1f} min + start-up")
-else:
-    print("omniglot 5w1s run: no metrics")
+
+projection("omniglot 5w1s", out / "metrics_omniglot.jsonl")
+projection("miniimagenet 5w1s", out / "metrics_miniimagenet.jsonl")
 try:
     ev = json.loads((out / "eval_omniglot.json").read_text())
     results = ev["results"] if "results" in ev else [ev]
