@@ -16,6 +16,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import fields
+from typing import Any
 
 import numpy as np
 
@@ -239,39 +240,60 @@ def numba_available() -> bool:
     On any failure it logs why on the ``mamlflow.kernels`` logger and returns False, so the
     caller uses ``sample_episodes_reference`` instead.
     """
-    if _IMPORT_ERROR is not None:
-        log.warning(
-            "numba episode kernel unavailable (%s: %s); sampling with the numpy twin",
-            type(_IMPORT_ERROR).__name__,
-            _IMPORT_ERROR,
-        )
-        return False
     # A tiny input with the real dtypes and layouts, so this compiles the signature callers use;
     # both ways to fill a task: distinct classes of a rotated pool, distinct upright characters.
     images = np.random.default_rng(0).integers(0, 256, (3, 5, 6, 6), dtype=np.uint8)
     task_index = np.array([0, 7, -3], np.int64)
     modes = {False: np.arange(12, dtype=np.int64), True: np.arange(0, 12, 4, dtype=np.int64)}
+    cases = {
+        f"random_rotation={rotate}": (
+            functools.partial(sample_episodes, random_rotation=rotate),
+            functools.partial(sample_episodes_reference, random_rotation=rotate),
+            (images, pool, 0x0123_4567_89AB_CDEF, task_index, 3, 2, 2),
+        )
+        for rotate, pool in modes.items()
+    }
+    return kernel_matches_twin("episode kernel", cases)
+
+
+def kernel_matches_twin(
+    what: str, cases: dict[str, tuple[Callable[..., Any], Callable[..., Any], tuple[Any, ...]]]
+) -> bool:
+    """Whether numba imports and, for every case ``(kernel, twin, args)``, ``kernel(*args)``
+    runs and equals ``twin(*args)`` field by field (dataclass results); logs why not.
+
+    The availability probe of every numba data kernel: a kernel that cannot compile, fails or
+    disagrees on any case means "sample with the numpy twin", never a wrong episode.
+    """
+    if _IMPORT_ERROR is not None:
+        log.warning(
+            "numba %s unavailable (%s: %s); sampling with the numpy twin",
+            what,
+            type(_IMPORT_ERROR).__name__,
+            _IMPORT_ERROR,
+        )
+        return False
     differ: list[str] = []
-    for random_rotation, pool in modes.items():
-        args = (images, pool, 0x0123_4567_89AB_CDEF, task_index, 3, 2, 2)
+    for label, (kernel, twin, args) in cases.items():
         try:
-            got = sample_episodes(*args, random_rotation=random_rotation)
-            want = sample_episodes_reference(*args, random_rotation=random_rotation)
+            got, want = kernel(*args), twin(*args)
         except Exception as error:  # a compile or runtime failure of any kind means "fall back"
             log.warning(
-                "numba episode kernel failed its probe (%s: %s); sampling with the numpy twin",
+                "numba %s failed its probe (%s: %s); sampling with the numpy twin",
+                what,
                 type(error).__name__,
                 error,
             )
             return False
         differ += [
-            f"{f.name} (random_rotation={random_rotation})"
-            for f in fields(Episodes)
+            f"{f.name} ({label})"
+            for f in fields(got)
             if not np.array_equal(getattr(got, f.name), getattr(want, f.name))
         ]
     if differ:
         log.warning(
-            "numba episode kernel disagrees with its numpy twin on %s; sampling with the twin",
+            "numba %s disagrees with its numpy twin on %s; sampling with the twin",
+            what,
             ", ".join(differ),
         )
         return False

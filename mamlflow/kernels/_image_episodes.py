@@ -13,18 +13,16 @@ with the twin; numba is imported (through ``_episodes``) only by importing this 
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
-from dataclasses import fields
 
 import numpy as np
 
 from ._episodes import (
-    _IMPORT_ERROR,
     _ZERO,
     _draw_distinct,
     _mix,
     _njit,
+    kernel_matches_twin,
     numba,
     prange,
 )
@@ -37,7 +35,6 @@ from ._image_episodes_ref import (
 
 __all__ = ["PARALLEL", "ImageEpisodes", "image_episodes_available", "sample_image_episodes"]
 
-log = logging.getLogger("mamlflow.kernels")
 
 PARALLEL = False
 """Whether ``prange`` over tasks runs on threads by default. Off for the reason ``_episodes``
@@ -173,38 +170,16 @@ def _parallel_kernel() -> Callable[..., None]:
 @functools.cache
 def image_episodes_available() -> bool:
     """Whether the compiled kernel runs here and matches the twin (checked once per process)."""
-    if _IMPORT_ERROR is not None:
-        log.warning(
-            "numba image episode kernel unavailable (%s: %s); sampling with the numpy twin",
-            type(_IMPORT_ERROR).__name__,
-            _IMPORT_ERROR,
-        )
-        return False
     # Real dtypes and layouts, classes of different sizes, and all four rotations in the pool.
     images = np.random.default_rng(0).integers(0, 256, (17, 5, 5, 3), dtype=np.uint8)
     starts, counts = np.array([0, 4, 9], np.int64), np.array([4, 5, 8], np.int64)
     args = (images, starts, counts, np.arange(12, dtype=np.int64), 0x0123_4567_89AB_CDEF)
     task_index = np.array([0, 7, -3], np.int64)
-    try:
-        got = sample_image_episodes(*args, task_index, 3, 2, 2)
-        want = sample_image_episodes_reference(*args, task_index, 3, 2, 2)
-    except Exception as error:  # a compile or runtime failure of any kind means "fall back"
-        log.warning(
-            "numba image episode kernel failed its probe (%s: %s); sampling with the numpy twin",
-            type(error).__name__,
-            error,
+    cases = {
+        "rotated pool": (
+            sample_image_episodes,
+            sample_image_episodes_reference,
+            (*args, task_index, 3, 2, 2),
         )
-        return False
-    differ = [
-        f.name
-        for f in fields(ImageEpisodes)
-        if not np.array_equal(getattr(got, f.name), getattr(want, f.name))
-    ]
-    if differ:
-        log.warning(
-            "numba image episode kernel disagrees with its numpy twin on %s; sampling with the "
-            "twin",
-            ", ".join(differ),
-        )
-        return False
-    return True
+    }
+    return kernel_matches_twin("image episode kernel", cases)
