@@ -39,6 +39,7 @@ __all__ = [
     "cache_file",
     "candidate_dirs",
     "download_archive",
+    "download_verified",
     "file_sha256",
     "find_parts",
     "load_array_cache",
@@ -329,26 +330,43 @@ def _download_problem(path: Path, archive: Archive) -> str | None:
 
 
 def download_archive(archive: Archive, dest_dir: Path, fetch: Fetch | None = None) -> Path:
-    """Download ``archive`` into ``dest_dir``, verified, then renamed into place atomically.
+    """Download ``archive`` into ``dest_dir``, verified (a zip, with a known digest)."""
+    return download_verified(
+        archive.url,
+        archive.filename,
+        dest_dir,
+        lambda path: _download_problem(path, archive),
+        fetch,
+    )
 
-    The body goes to a temp file beside the destination; an HTML page, a truncated zip or a wrong
-    digest raises a one-line DataError and leaves nothing behind. A network failure is a DataError
-    starting with ``download of <url> failed``.
+
+def download_verified(
+    url: str,
+    filename: str,
+    dest_dir: Path,
+    problem_of: Callable[[Path], str | None],
+    fetch: Fetch | None = None,
+) -> Path:
+    """Download ``url`` as ``dest_dir/filename``, verified, then renamed into place atomically.
+
+    The body goes to a temp file beside the destination; when ``problem_of(temp)`` finds one (an
+    HTML page, a truncated archive, a wrong digest), that is a one-line DataError and nothing is
+    left behind. A network failure is a DataError starting with ``download of <url> failed``.
     """
     fetch = urllib_fetch if fetch is None else fetch
-    dest = dest_dir / archive.filename
+    dest = dest_dir / filename
     dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{archive.filename}.", suffix=".part", dir=dest_dir)
+    fd, name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=dest_dir)
     os.close(fd)
     tmp = Path(name)
     try:
         try:
-            fetch(archive.url, tmp)
+            fetch(url, tmp)
         except (OSError, http.client.HTTPException, ValueError) as err:
-            raise DataError(f"download of {archive.url} failed ({one_line(err)})") from err
-        problem = _download_problem(tmp, archive)
+            raise DataError(f"download of {url} failed ({one_line(err)})") from err
+        problem = problem_of(tmp)
         if problem is not None:
-            raise DataError(f"download of {archive.url} failed: the file {problem}")
+            raise DataError(f"download of {url} failed: the file {problem}")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -11,10 +11,8 @@ that needs another order buffers (:func:`in_order`).
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import tarfile
-import tempfile
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator
@@ -27,8 +25,8 @@ from mamlflow.plugins._imagedata import (
     DATA_ENV,
     Fetch,
     candidate_dirs,
+    download_verified,
     one_line,
-    urllib_fetch,
     user_cache_dir,
 )
 
@@ -208,30 +206,15 @@ def _download_problem(path: Path, tarball: Tarball) -> str | None:
 
 
 def download_tarball(tarball: Tarball, dest_dir: Path, fetch: Fetch | None = None) -> Path:
-    """Download ``tarball`` into ``dest_dir``, verified, then renamed into place atomically.
-
-    As ``_imagedata.download_archive`` does for zips: the body goes to a temp file beside the
-    destination; an HTML page or a wrong md5 (which a truncated body has) raises a one-line
-    DataError and leaves nothing behind.
-    """
-    fetch = urllib_fetch if fetch is None else fetch
-    dest = dest_dir / tarball.filename
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{tarball.filename}.", suffix=".part", dir=dest_dir)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        try:
-            fetch(tarball.url, tmp)
-        except (OSError, http.client.HTTPException, ValueError) as err:
-            raise DataError(f"download of {tarball.url} failed ({one_line(err)})") from err
-        problem = _download_problem(tmp, tarball)
-        if problem is not None:
-            raise DataError(f"download of {tarball.url} failed: the file {problem}")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    """Download ``tarball`` into ``dest_dir``, verified (no HTML page, the official md5, which a
+    truncated body does not have), as ``_imagedata.download_archive`` does for zips."""
+    return download_verified(
+        tarball.url,
+        tarball.filename,
+        dest_dir,
+        lambda path: _download_problem(path, tarball),
+        fetch,
+    )
 
 
 def _bundle_in(directory: Path, tarball: Tarball, marker: str) -> Bundle | None:
