@@ -100,6 +100,32 @@ def _stream(key: int, task_index: int) -> Iterator[int]:
         j += 1
 
 
+def checked_integer(name: str, value: object, low: int) -> int:
+    """``value`` as an int of at least ``low``; a bool or a non-integer is a ``ValueError``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        n = operator.index(value)  # type: ignore[arg-type]  # checked right here
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if n < low:
+        raise ValueError(f"{name} must be >= {low}, got {n}")
+    return n
+
+
+def check_arrays(*specs: tuple[str, object, type, int]) -> None:
+    """Each ``(name, array, dtype, ndim)`` is a numpy array of that dtype and rank, or a
+    ``ValueError`` naming it: the compiled kernels would otherwise fail without saying which."""
+    for name, array, dtype, ndim in specs:
+        if not isinstance(array, np.ndarray):
+            raise ValueError(f"{name} must be a numpy array, got {type(array).__name__}")
+        if array.dtype != dtype or array.ndim != ndim:
+            raise ValueError(
+                f"{name} must be a {ndim}-d {np.dtype(dtype)} array, "
+                f"got {array.ndim}-d {array.dtype} of shape {array.shape}"
+            )
+
+
 def check_arguments(
     images: np.ndarray,
     pool: np.ndarray,
@@ -115,37 +141,19 @@ def check_arguments(
     Returns ``(key, ways, shots, queries)`` as plain ints.
     """
 
-    def integer(name: str, value: object, low: int) -> int:
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        try:
-            n = operator.index(value)  # type: ignore[arg-type]  # checked right here
-        except TypeError:
-            raise ValueError(f"{name} must be an integer, got {value!r}") from None
-        if n < low:
-            raise ValueError(f"{name} must be >= {low}, got {n}")
-        return n
-
-    ways = integer("ways", ways, 1)
-    shots = integer("shots", shots, 1)
-    queries = integer("queries", queries, 0)
-    key = integer("key", key, 0)
+    ways = checked_integer("ways", ways, 1)
+    shots = checked_integer("shots", shots, 1)
+    queries = checked_integer("queries", queries, 0)
+    key = checked_integer("key", key, 0)
     if not isinstance(random_rotation, (bool, np.bool_)):
         raise ValueError(f"random_rotation must be True or False, got {random_rotation!r}")
     if key > _MASK:
         raise ValueError(f"key must be a 64-bit unsigned integer (derive_key), got {key}")
-    for name, array, dtype, ndim in (
+    check_arrays(
         ("images", images, np.uint8, 4),
         ("pool", pool, np.int64, 1),
         ("task_index", task_index, np.int64, 1),
-    ):
-        if not isinstance(array, np.ndarray):
-            raise ValueError(f"{name} must be a numpy array, got {type(array).__name__}")
-        if array.dtype != dtype or array.ndim != ndim:
-            raise ValueError(
-                f"{name} must be a {ndim}-d {np.dtype(dtype)} array, "
-                f"got {array.ndim}-d {array.dtype} of shape {array.shape}"
-            )
+    )
     if not images.flags.c_contiguous:
         raise ValueError("images must be C-contiguous (np.ascontiguousarray it once, at load)")
     characters, drawings, height, width = images.shape

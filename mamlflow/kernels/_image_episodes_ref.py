@@ -20,16 +20,20 @@ normalising are the caller's, in torch, so no float copy of an image is made her
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._episodes_ref import ROTATIONS, _draw_distinct, _stream
+from ._episodes_ref import (
+    _MASK,
+    ROTATIONS,
+    _draw_distinct,
+    _stream,
+    check_arrays,
+    checked_integer,
+)
 
 __all__ = ["ImageEpisodes", "check_image_arguments", "sample_image_episodes_reference"]
-
-_MASK = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -48,18 +52,6 @@ class ImageEpisodes:
     picks: np.ndarray  # int64 (T, ways, shots + queries)
 
 
-def _integer(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        n = operator.index(value)  # type: ignore[arg-type]  # checked right here
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if n < low:
-        raise ValueError(f"{name} must be >= {low}, got {n}")
-    return n
-
-
 def check_image_arguments(
     images: np.ndarray,
     starts: np.ndarray,
@@ -75,24 +67,17 @@ def check_image_arguments(
 
     Returns ``(key, ways, shots, queries)`` as plain ints.
     """
-    ways, shots = _integer("ways", ways, 1), _integer("shots", shots, 1)
-    queries, key = _integer("queries", queries, 0), _integer("key", key, 0)
+    ways, shots = checked_integer("ways", ways, 1), checked_integer("shots", shots, 1)
+    queries, key = checked_integer("queries", queries, 0), checked_integer("key", key, 0)
     if key > _MASK:
         raise ValueError(f"key must be a 64-bit unsigned integer (derive_key), got {key}")
-    for name, array, dtype, ndim in (
+    check_arrays(
         ("images", images, np.uint8, 4),
         ("starts", starts, np.int64, 1),
         ("counts", counts, np.int64, 1),
         ("pool", pool, np.int64, 1),
         ("task_index", task_index, np.int64, 1),
-    ):
-        if not isinstance(array, np.ndarray):
-            raise ValueError(f"{name} must be a numpy array, got {type(array).__name__}")
-        if array.dtype != dtype or array.ndim != ndim:
-            raise ValueError(
-                f"{name} must be a {ndim}-d {np.dtype(dtype)} array, "
-                f"got {array.ndim}-d {array.dtype} of shape {array.shape}"
-            )
+    )
     if not images.flags.c_contiguous:
         raise ValueError("images must be C-contiguous (the cache's memory map is)")
     n_images, height, width, _ = images.shape
