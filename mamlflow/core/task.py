@@ -214,6 +214,33 @@ class TaskFamily(ABC):
         override the configured sizes (evaluation at another K).
         """
 
+    def sample_raw(
+        self,
+        seed: int,
+        iteration: int,
+        task_indices: Tensor,
+        *,
+        split: Split = "train",
+        shots: int | None = None,
+        query: int | None = None,
+    ) -> TaskBatch:
+        """``sample``'s tasks before ``prepare``: the form cheapest to copy to a device.
+
+        The engine samples with ``prepare(sample_raw(...).to(device), dtype)``, so data that is
+        smaller before preprocessing (uint8 pixels are a quarter of float32) crosses to the
+        device small and is preprocessed there. ``prepare(sample_raw(args), torch.float32)``
+        must equal ``sample(args)``; the default is ``sample`` itself, with ``prepare`` a no-op.
+        """
+        return self.sample(seed, iteration, task_indices, split=split, shots=shots, query=query)
+
+    def prepare(self, batch: TaskBatch, dtype: torch.dtype) -> TaskBatch:
+        """Turn a ``sample_raw`` batch, on whatever device it is, into model inputs of ``dtype``.
+
+        Runs where the batch is (the GPU in a GPU run), on every batch, so keep it a few tensor
+        operations. Floating tensors the raw batch already holds are cast by ``TaskBatch.to``.
+        """
+        return batch
+
     @abstractmethod
     def objective(self, model: Callable[[TensorDict, Tensor], Tensor]) -> TaskObjective:
         """The per-task loss to adapt on and meta-learn: ``(params, data) -> scalar``.

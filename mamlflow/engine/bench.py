@@ -439,7 +439,8 @@ def _first_meta_batch(
     config, device, dtype = components.config, components.device, components.dtype
     say("sampling a meta-batch")
     index = torch.arange(config.train.meta_batch_size)
-    batch = components.family.sample(config.seed, 0, index).to(device, dtype)
+    raw = components.family.sample_raw(config.seed, 0, index).to(device, dtype)
+    batch = components.family.prepare(raw, dtype)
     params, learnables = (
         {k: v.detach().to(device, dtype).clone() for k, v in tree.items()}
         for tree in components.initial_params()

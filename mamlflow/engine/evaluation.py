@@ -112,8 +112,8 @@ def evaluate(
     examples: EvalExamples | None = None
     for start in range(0, tasks, batch_size):
         index = torch.arange(start, min(start + batch_size, tasks))
-        batch = c.family.sample(seed, 0, index, split=split, shots=shots, query=query)
-        batch = batch.to(c.device, c.dtype)
+        raw = c.family.sample_raw(seed, 0, index, split=split, shots=shots, query=query)
+        batch = c.family.prepare(raw.to(c.device, c.dtype), c.dtype)
         score, adapted = adapt_and_score(batch)
         scores.append(score.double().cpu())
         if examples is None:

@@ -2,10 +2,11 @@
 
 Sampling is a pure function of (seed, iteration, task indices), so the batch of iteration i + 1
 can be built while the step of iteration i computes, and is bitwise the batch the step would
-have sampled itself. On CUDA the batch is also copied into pinned memory there, so the step's
-host-to-device copy is asynchronous. Only families that declare ``TaskFamily.prefetch`` are
-sampled off the main thread: a family with mutable state is not safe to call from two threads
-(validation samples on the main thread while a prefetch may run).
+have sampled itself. The trainer prefetches ``sample_raw``'s batch (uint8 pixels for image
+families, normalised on the device by ``prepare``); on CUDA the batch is also copied into pinned
+memory there, so the step's host-to-device copy is asynchronous. Only families that declare
+``TaskFamily.prefetch`` are sampled off the main thread: a family with mutable state is not safe
+to call from two threads (validation samples on the main thread while a prefetch may run).
 """
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ class Trainer:
             self._prefetch.close()
 
     def _sample_shard(self, iteration: int) -> TaskBatch:
-        return self.components.family.sample(self.config.seed, iteration, self._task_index)
+        return self.components.family.sample_raw(self.config.seed, iteration, self._task_index)
 
     def _loop(self) -> TrainSummary:
         run = self._restore()
@@ -361,9 +361,10 @@ class Trainer:
         if len(self._task_index):  # more processes than tasks leaves some without any
             following = run.iteration + 1 if run.iteration + 1 < total else None
             with plugin_code(self._family_who, "sample()", smaller="train.meta_batch_size"):
-                data = self._prefetch.take(run.iteration, following)
+                raw = self._prefetch.take(run.iteration, following)
+                raw = raw.to(c.device, c.dtype, non_blocking=c.device.type == "cuda")
                 data = c.source.meta_batch(
-                    data.to(c.device, c.dtype, non_blocking=c.device.type == "cuda"),
+                    c.family.prepare(raw, c.dtype),
                     run.params,
                     run.learnables,
                     seed=cfg.seed,

@@ -59,7 +59,8 @@ def check_task_family(
     Checked: ``name``, ``metric`` and a frozen ``Config``; ``io``; ``sample`` returns a
     ``TaskBatch`` of the requested tasks with ``x`` (and ``y``) shaped as ``io`` says, honours
     ``shots``/``query``, is deterministic, gives task ``i`` the same data however the indices are
-    split, leaves torch's global RNG alone, and differs across seeds, iterations and splits.
+    split, leaves torch's global RNG alone, differs across seeds, iterations and splits, and equals
+    ``prepare(sample_raw(...), dtype)`` in float32 and float64 (what the engine trains on).
     Then the meta-batch the engine trains on (``batch_source(...).meta_batch``: the sampled
     tasks, or trajectories collected in them with ``model``, default a small MLP or Gaussian
     MLP policy, in float64): support and query hold ``io.input_key`` with a leading task
@@ -81,6 +82,7 @@ def check_task_family(
     batch = sample(index)
     _check_shapes(who, fam, batch, io, sample)
     _check_sampling_is_pure(who, sample, batch, index)
+    _check_raw_then_prepared(who, fam, batch, index, seed)
     _check_streams(who, sample, batch, index, seed)
     plugin = fam.batch_source(_SmallModel()) if model is None else model
     fix = "pass check_task_family(..., model=...) a model for this family's io"
@@ -162,6 +164,35 @@ def _check_sampling_is_pure(
         "task i must not depend on which other indices are asked for: key each task's random "
         "numbers by its global index (mamlflow.rng.uniform does), not by its position",
     )
+
+
+def _check_raw_then_prepared(
+    who: str, fam: TaskFamily, batch: TaskBatch, index: Tensor, seed: int
+) -> None:
+    """What the engine trains on, ``prepare(sample_raw(...).to(device, dtype), dtype)``, is
+    ``sample(...)`` in that dtype."""
+    what = f"sample_raw({seed}, {_ITERATION}, task_indices={index.tolist()})"
+    raw = _call(
+        who,
+        what,
+        lambda: fam.sample_raw(seed, _ITERATION, index),
+        "sample_raw must accept sample's arguments",
+    )
+    for dtype in (torch.float32, torch.float64):
+        prepared = _call(
+            who,
+            f"prepare({what}, {dtype})",
+            lambda dtype=dtype: fam.prepare(raw.to("cpu", dtype), dtype),
+            "prepare must take any batch sample_raw returns",
+        )
+        _same_batches(
+            who,
+            batch.to("cpu", dtype),
+            prepared,
+            f"prepare(sample_raw(...), {dtype}) differs from sample(...) in {dtype}",
+            "make sample() return exactly prepare(sample_raw(...), torch.float32), and compute "
+            "prepare in float32 before casting to dtype",
+        )
 
 
 def _check_any_split(

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 import torch
 
 from mamlflow.cli import main
-from mamlflow.core import DataError
-from mamlflow.engine import PluginHost, resolve
+from mamlflow.core import DataError, TaskBatch, hookimpl
+from mamlflow.engine import PluginHost, Trainer, resolve
 from mamlflow.plugins.images import ImageFamily, ImageFolder, ImageFolderConfig
 
 from .image_fixtures import write_classes, write_image, write_split_folders
@@ -137,6 +138,22 @@ def test_episodes_have_the_declared_shapes_labels_and_pixels(flat_family: ImageF
     train = fam.sample(0, 0, torch.arange(64))
     x = train.support["x"].double()
     assert abs(float(x.mean())) < 0.15 and abs(float(x.std()) - 1) < 0.15
+
+
+def test_raw_episodes_are_uint8_and_prepare_normalises_them_where_they_are(
+    flat_family: ImageFolder,
+) -> None:
+    fam = flat_family
+    raw = fam.sample_raw(3, 7, torch.arange(6), split="test")
+    assert raw.support["x"].dtype == raw.query["x"].dtype == torch.uint8
+    want = fam.sample(3, 7, torch.arange(6), split="test")
+    for dtype in (torch.float32, torch.float64):
+        got = fam.prepare(raw.to("cpu", dtype), dtype)
+        for part in ("support", "query"):
+            assert getattr(got, part)["x"].dtype == dtype
+            assert torch.equal(getattr(got, part)["x"], getattr(want, part)["x"].to(dtype))
+            assert torch.equal(getattr(got, part)["y"], getattr(want, part)["y"])
+    assert torch.equal(raw.info["classes"], want.info["classes"])
 
 
 def test_sampling_is_deterministic_and_per_task(flat_family: ImageFolder) -> None:
@@ -317,3 +334,49 @@ def test_run_and_eval_through_the_cli(
     assert done.value.code in (0, None)
     result = json.loads(capsys.readouterr().out)
     assert result["metric"] == "accuracy" and result["tasks"] == 4
+
+
+class _RecordingFolder(ImageFolder):
+    """The real family; ``prepare`` notes the pixel dtype and device the engine hands it."""
+
+    name = "recording-imagefolder"
+    seen: ClassVar[list[tuple[torch.dtype, str]]] = []
+
+    def prepare(self, batch: TaskBatch, dtype: torch.dtype) -> TaskBatch:
+        self.seen.append((batch.support["x"].dtype, batch.support["x"].device.type))
+        return super().prepare(batch, dtype)
+
+
+class _RecordingPlugin:
+    @hookimpl
+    def register_task_families(self, register: Callable[[type], None]) -> None:
+        register(_RecordingFolder)
+
+
+def test_the_trainer_and_evaluation_copy_uint8_and_prepare_after_the_copy(
+    flat: Path, tmp_path: Path
+) -> None:
+    host = PluginHost(autoload=False)
+    host.add_plugin(_RecordingPlugin(), "recording")
+    sets = (
+        "task.name=recording-imagefolder",
+        f"task.data_dir={flat}",
+        f"task.cache_dir={tmp_path / 'cache'}",
+        "task.image_size=16",
+        "task.query=2",
+        "task.train_classes=5",
+        "task.val_classes=5",
+        "task.decode_workers=1",
+        "model.filters=4",
+        "train.iterations=3",
+        "train.meta_batch_size=2",
+        "train.val_every=3",
+        "train.val_tasks=4",
+        "inner.steps=1",
+        "kernel.strategy=loop",
+    )
+    _RecordingFolder.seen.clear()
+    Trainer(resolve(host, preset="imagefolder", sets=sets), tmp_path / "run", host).fit()
+    # 3 training batches and the validation batch, each handed over as uint8 pixels.
+    assert len(_RecordingFolder.seen) >= 4
+    assert set(_RecordingFolder.seen) == {(torch.uint8, "cpu")}

@@ -5,8 +5,9 @@ A subclass (``imagefolder``, MiniImagenet, CIFAR-FS, …) sets ``name``, ``descr
 :meth:`ImageFamily.source`, which builds the reader of its raw files from ``self.config``.
 Everything else is shared: the uint8 memory-mapped cache (``_cache``), the count checks that
 fail before training rather than mid-run, the numba episode kernel of ``mamlflow.kernels`` (its
-numpy twin when numba cannot run), and normalisation, which happens on the sampled uint8 batch
-in torch, never on the cache.
+numpy twin when numba cannot run), and normalisation, which ``prepare`` applies to the sampled
+uint8 batch wherever it is (on the GPU in a GPU run: the engine copies uint8), never to the
+cache.
 """
 
 from __future__ import annotations
@@ -204,11 +205,16 @@ class ImageFamily(TaskFamily):
         mean_t = torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1)
         return (1.0 / (255.0 * std_t)).float(), (mean_t / std_t).float()
 
-    def _pixels(self, x: np.ndarray) -> Tensor:
-        # uint8 in, float32 out in one torch pass; the cache and the kernel never hold floats,
-        # so the engine moves (and a GPU run could normalise) 4x fewer bytes per image.
-        scale, shift = self._scale_shift
-        return torch.from_numpy(x).to(torch.float32).mul_(scale).sub_(shift)
+    @cached_property
+    def _scale_shift_on(self) -> dict[torch.device, tuple[Tensor, ...]]:
+        return {}
+
+    def _pixels(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        # Always computed in float32, then cast: a float64 run sees the values sample() gives.
+        if x.device not in self._scale_shift_on:  # copied to a device once, not every batch
+            self._scale_shift_on[x.device] = tuple(t.to(x.device) for t in self._scale_shift)
+        scale, shift = self._scale_shift_on[x.device]
+        return x.to(torch.float32).mul_(scale).sub_(shift).to(dtype)
 
     def _check_sizes(self, split: Split, shots: int, query: int) -> None:
         arrays = self.arrays
@@ -236,6 +242,20 @@ class ImageFamily(TaskFamily):
         shots: int | None = None,
         query: int | None = None,
     ) -> TaskBatch:
+        raw = self.sample_raw(seed, iteration, task_indices, split=split, shots=shots, query=query)
+        return self.prepare(raw, torch.float32)
+
+    def sample_raw(
+        self,
+        seed: int,
+        iteration: int,
+        task_indices: Tensor,
+        *,
+        split: Split = "train",
+        shots: int | None = None,
+        query: int | None = None,
+    ) -> TaskBatch:
+        """The episodes' uint8 pixels: a quarter of float32's bytes to copy to the device."""
         shots = self.config.shots if shots is None else shots
         query = self.config.query if query is None else query
         self._check_sizes(split, shots, query)
@@ -253,13 +273,24 @@ class ImageFamily(TaskFamily):
         )
         return TaskBatch(
             support={
-                "x": self._pixels(episodes.support_x),
+                "x": torch.from_numpy(episodes.support_x),
                 "y": torch.from_numpy(episodes.support_y),
             },
-            query={"x": self._pixels(episodes.query_x), "y": torch.from_numpy(episodes.query_y)},
+            query={
+                "x": torch.from_numpy(episodes.query_x),
+                "y": torch.from_numpy(episodes.query_y),
+            },
             task_index=task_indices.clone(),
             info={"classes": torch.from_numpy(episodes.classes)},
         )
+
+    def prepare(self, batch: TaskBatch, dtype: torch.dtype) -> TaskBatch:
+        """uint8 pixels to ``dtype``, scaled to [0, 1] and normalised, where the batch is."""
+
+        def pixels(part: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            return {**part, "x": self._pixels(part["x"], dtype)}
+
+        return TaskBatch(pixels(batch.support), pixels(batch.query), batch.task_index, batch.info)
 
     # -- objectives
 
