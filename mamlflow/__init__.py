@@ -3,7 +3,8 @@
 The public API is listed here explicitly; everything else is private. It has two audiences:
 
 * people running and embedding meta-learning: ``get_host``, ``resolve``, ``Trainer``,
-  ``evaluate``, ``load_checkpoint``, ``make_meta_step``, …;
+  ``evaluate``, ``load_checkpoint``, ``make_meta_step``, …; and using what it learned:
+  ``load_run`` (adapt a trained run to your own examples), ``load_adapted``;
 * plugin authors: the contracts (``TaskFamily``, ``ModelPlugin``, ``Algorithm``, ``Adapter``,
   ``OuterOptimizer``, ``Callback``, ``Preset``, ``hookimpl``) and the types they take and return
   (``TaskBatch``, ``ModelIO``, ``Split``, ``InnerConfig``, ``CallbackConfig``, ``TrainStart``,
@@ -30,6 +31,7 @@ from .core import CallbackConfig as CallbackConfig
 from .core import CheckpointError as CheckpointError
 from .core import ConfigError as ConfigError
 from .core import DataError as DataError
+from .core import ImageInputs as ImageInputs
 from .core import InnerConfig as InnerConfig
 from .core import Learner as Learner
 from .core import LossAndKL as LossAndKL
@@ -73,16 +75,20 @@ from .core import apply_updates as apply_updates
 from .core import chain as chain
 from .core import hookimpl as hookimpl
 from .core import sgd as sgd
+from .engine import AdaptedModel as AdaptedModel
 from .engine import Checkpoint as Checkpoint
 from .engine import Components as Components
 from .engine import EvalResult as EvalResult
+from .engine import MetaModel as MetaModel
 from .engine import PluginHost as PluginHost
 from .engine import ResolvedConfig as ResolvedConfig
 from .engine import Trainer as Trainer
 from .engine import build_components as build_components
 from .engine import evaluate as evaluate
 from .engine import get_host as get_host
+from .engine import load_adapted as load_adapted
 from .engine import load_checkpoint as load_checkpoint
+from .engine import load_run as load_run
 from .engine import load_saved as load_saved
 from .engine import resolve as resolve
 from .kernels import make_adapt as make_adapt
@@ -91,6 +97,7 @@ from .kernels import make_meta_step as make_meta_step
 __all__ = [
     "SPLITS",
     "STRATEGIES",
+    "AdaptedModel",
     "Adapter",
     "AdapterState",
     "Algorithm",
@@ -103,10 +110,12 @@ __all__ = [
     "ConfigError",
     "DataError",
     "EvalResult",
+    "ImageInputs",
     "InnerConfig",
     "Learner",
     "LossAndKL",
     "MamlflowError",
+    "MetaModel",
     "MetaStep",
     "MetaStepFactory",
     "Metric",
@@ -150,7 +159,9 @@ __all__ = [
     "evaluate",
     "get_host",
     "hookimpl",
+    "load_adapted",
     "load_checkpoint",
+    "load_run",
     "load_saved",
     "make_adapt",
     "make_meta_step",

@@ -14,6 +14,7 @@ USERS = {
     "MamlflowError", "PluginError", "PluginHost", "ResolvedConfig", "RunConfig", "RunDir",
     "Trainer", "TrainSummary", "UnknownNameError", "build_components", "evaluate", "get_host",
     "load_checkpoint", "load_saved", "make_adapt", "make_meta_step", "resolve",
+    "AdaptedModel", "MetaModel", "load_adapted", "load_run",
 }  # fmt: skip
 # Writing plugins: the contracts, and the types they take and return.
 PLUGIN_AUTHORS = {
@@ -24,9 +25,12 @@ PLUGIN_AUTHORS = {
     "PolicyOuterOptimizer", "PolicyTerms", "Preset", "RolloutConfig", "RolloutTaskFamily",
     "Split", "StagedObjective", "StepResult", "Strategy", "TaskBatch", "TaskConfig",
     "TaskFamily", "TaskObjective", "TrainStart", "TrainerControl", "adam", "apply_updates",
-    "chain", "hookimpl", "nn", "rng", "sgd",
+    "chain", "hookimpl", "nn", "rng", "sgd", "ImageInputs",
 }  # fmt: skip
-NN = {"BatchNorm", "GroupNorm", "LayerNorm", "vmap_unsafe_layers"}
+NN = {
+    "BatchNorm", "BatchStatistics", "GroupNorm", "LayerNorm", "batch_statistics_layers",
+    "statistics_from_first", "vmap_unsafe_layers",
+}  # fmt: skip
 RNG = {
     "choice", "choice_reference", "derive_key", "integers", "integers_reference", "mix64",
     "normal", "normal_reference", "permutation", "permutation_reference", "uniform",

@@ -9,7 +9,7 @@ import typer
 
 from mamlflow.core import MamlflowError
 
-from . import _bench, _config, _eval, _plugins, _run
+from . import _bench, _config, _deploy, _eval, _plugins, _run
 from ._common import DEBUG_ENV, fail, report, setup_logging
 
 __all__ = ["build_app", "run_app"]
@@ -32,6 +32,9 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     )
     app.command("run")(_run.run)
     app.command("eval")(_eval.eval_command)
+    app.command("adapt")(_deploy.adapt_command)
+    app.command("predict")(_deploy.predict_command)
+    app.command("export")(_deploy.export_command)
     app.add_typer(_plugins.build_group(), name="plugins")
     app.command("config")(_config.config)
     app.command("bench")(_bench.bench)

@@ -59,6 +59,14 @@ def eval_command(
             "train.val_every) instead of the final checkpoint.pt",
         ),
     ] = False,
+    transductive: Annotated[
+        bool | None,
+        typer.Option(
+            "--transductive/--no-transductive",
+            help="batch norm over the query set (the paper's protocol) or by the support set's "
+            "statistics, each query as if alone (default: eval.transductive)",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG plots")] = True,
 ) -> None:
@@ -68,6 +76,10 @@ def eval_command(
     config = load_saved(host, files.config).config
     if device is not None:
         config = config.model_copy(update={"device": device})
+    if transductive is not None:
+        config = config.model_copy(
+            update={"eval": config.eval.model_copy(update={"transductive": transductive})}
+        )
     if best and not files.best_checkpoint.is_file():
         raise CheckpointError(
             f"no {rundir.BEST_CHECKPOINT} in {run_dir}: a run keeps one only when it validates; "
@@ -86,7 +98,9 @@ def eval_command(
     )
     with run_lock(run_dir, "eval", EVAL_LOCK), writing(rundir.EVAL, run_dir):
         remove_stale_temporaries(run_dir, EVAL_FILES)  # a killed evaluation's
-        _save(run_dir, results, ckpt.iteration, "best" if best else "final")
+        _save(
+            run_dir, results, ckpt.iteration, "best" if best else "final", config.eval.transductive
+        )
         if plots:
             from ._plots import plot_adaptation
 
@@ -174,7 +188,9 @@ def _results_table(
     return table
 
 
-def _save(run_dir: Path, results: list[EvalResult], iteration: int, checkpoint: str) -> None:
+def _save(
+    run_dir: Path, results: list[EvalResult], iteration: int, checkpoint: str, transductive: bool
+) -> None:
     """Merge into eval.json: results for other (checkpoint, shots, steps) stay; these replace
     their twins."""
     path = RunDir(run_dir).eval
@@ -186,9 +202,18 @@ def _save(run_dir: Path, results: list[EvalResult], iteration: int, checkpoint: 
             existing = []  # a damaged file is replaced, since it would be rewritten anyway
 
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
-        return (r.get("checkpoint", "final"), r.get("shots"), len(r.get("steps", [])))
+        mode = r.get("transductive", True)
+        return (r.get("checkpoint", "final"), r.get("shots"), len(r.get("steps", [])), mode)
 
-    new = [{**r.as_json(), "iteration": iteration, "checkpoint": checkpoint} for r in results]
+    new = [
+        {
+            **r.as_json(),
+            "iteration": iteration,
+            "checkpoint": checkpoint,
+            "transductive": transductive,
+        }
+        for r in results
+    ]
     keys = {key(r) for r in new}
     merged = [r for r in existing if key(r) not in keys] + new
     data = strict_json({"results": merged}, indent=2).encode() + b"\n"

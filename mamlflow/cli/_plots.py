@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 from mamlflow.core import rundir
 from mamlflow.engine import EvalResult
 
-__all__ = ["MARKED_UP_TO", "plot_adaptation", "plot_learning_curve"]
+__all__ = ["MARKED_UP_TO", "plot_adaptation", "plot_adapted_curve", "plot_learning_curve"]
 
 MARKED_UP_TO = 50
 """Series of at most this many points get a marker on each: a line through one point draws
@@ -101,3 +105,42 @@ def plot_learning_curve(metrics: Path, path: Path) -> bool:
 
 def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else value
+
+
+def plot_adapted_curve(
+    before: torch.nn.Module, after: torch.nn.Module, x: Tensor, y: Tensor
+) -> bytes:
+    """PNG bytes: a 1-d regression's prediction with θ and after adaptation, and the support."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo, hi = float(x.min()), float(x.max())
+    pad = 0.25 * (hi - lo) if hi > lo else 1.0
+    grid = torch.linspace(lo - pad, hi + pad, 400)[:, None]
+    with torch.no_grad():
+        curves = [
+            (m(grid.to(_dtype(m))).double().cpu()[:, 0], name)
+            for m, name in (
+                (before, "meta-learned θ (0 steps)"),
+                (after, "adapted"),
+            )
+        ]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for values, name in curves:
+        ax.plot(grid[:, 0], values, label=name)
+    ax.scatter(x.cpu(), y.cpu(), color="black", zorder=3, label=f"support ({len(x)} points)")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _dtype(module: torch.nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype

@@ -48,6 +48,9 @@ from .errors import PluginError as PluginError
 from .errors import ResourceError as ResourceError
 from .errors import UnknownNameError as UnknownNameError
 from .hookspecs import hookimpl as hookimpl
+from .inputs import IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from .inputs import ImageInputs as ImageInputs
+from .inputs import image_files as image_files
 from .learner import Learner as Learner
 from .learner import ModelPlugin as ModelPlugin
 from .metastep import STRATEGIES as STRATEGIES
@@ -87,6 +90,7 @@ from .task import TaskFamily as TaskFamily
 from .task import TaskObjective as TaskObjective
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "SAVED_DEFAULT",
     "SPLITS",
     "STRATEGIES",
@@ -104,6 +108,7 @@ __all__ = [
     "Data",
     "DataError",
     "EvalConfig",
+    "ImageInputs",
     "InnerConfig",
     "KernelConfig",
     "Learner",
@@ -157,6 +162,7 @@ __all__ = [
     "gaussian_log_prob",
     "hookimpl",
     "hookspecs",
+    "image_files",
     "linear_baseline",
     "per_task",
     "policy_gradient_loss",

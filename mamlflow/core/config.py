@@ -212,6 +212,12 @@ class EvalConfig(_Section):
         "(the MAML authors' RL evaluation takes its first step at the trained rate and the "
         "later ones at half of it: 0.5)",
     )
+    transductive: bool = Field(
+        True,
+        description="true: batch-statistics layers (batch norm) normalise the query set by its "
+        "own statistics, as the paper scores it; false: by the support set's, so each query is "
+        "scored as if predicted alone, as a deployed model must",
+    )
 
 
 class RunConfig(_Section):

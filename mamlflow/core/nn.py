@@ -20,12 +20,21 @@ wrong (or fail on), each with its replacement; ``kernel.strategy`` names them wh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BatchNorm", "GroupNorm", "LayerNorm", "vmap_unsafe_layers"]
+__all__ = [
+    "BatchNorm",
+    "BatchStatistics",
+    "GroupNorm",
+    "LayerNorm",
+    "batch_statistics_layers",
+    "statistics_from_first",
+    "vmap_unsafe_layers",
+]
 
 
 def _normalise(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
@@ -33,6 +42,47 @@ def _normalise(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
     mean = x.mean(dim=dims, keepdim=True)
     var = x.var(dim=dims, correction=0, keepdim=True)
     return (x - mean) * torch.rsqrt(var + eps)
+
+
+class BatchStatistics(nn.Module):
+    """A layer that normalises by statistics over its batch (MAML's batch norm).
+
+    ``rows`` None (always, in training): the statistics are the whole batch's, so a query set
+    is normalised by its own statistics (transductive, as in the paper). ``rows`` = n, set by
+    ``statistics_from_first``: by the first n examples' statistics only, so that with the support
+    set first and queries after it, each query is normalised without seeing the others, as a
+    deployed model predicting one example must.
+    """
+
+    rows: int | None = None
+
+    def normalise(self, x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+        """``x`` normalised over ``dims`` (which include 0) by the statistics ``rows`` says."""
+        reference = x if self.rows is None else x[: self.rows]
+        mean = reference.mean(dim=dims, keepdim=True)
+        var = reference.var(dim=dims, correction=0, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + eps)
+
+
+def batch_statistics_layers(module: nn.Module) -> list[BatchStatistics]:
+    """The layers of ``module`` whose output depends on the other examples of the batch."""
+    return [m for m in module.modules() if isinstance(m, BatchStatistics)]
+
+
+@contextmanager
+def statistics_from_first(module: nn.Module, rows: int) -> Iterator[None]:
+    """Within, every ``BatchStatistics`` layer of ``module`` uses the first ``rows`` examples'
+    statistics: call the module on ``cat([support, queries])`` and each query's output is what it
+    would be alone. Sets a Python attribute: not for use inside ``torch.compile``d code."""
+    layers = batch_statistics_layers(module)
+    saved = [layer.rows for layer in layers]
+    for layer in layers:
+        layer.rows = rows
+    try:
+        yield
+    finally:
+        for layer, before in zip(layers, saved, strict=True):
+            layer.rows = before
 
 
 def _affine_parameters(
@@ -105,7 +155,7 @@ def _per_channel(p: Tensor, dims: int) -> Tensor:
     return p.reshape(p.shape[0], *([1] * (dims - 2)))
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(BatchStatistics):
     """Batch norm with the current batch's statistics only, for ``(N, C)`` and ``(N, C, *)``.
 
     Each call normalises every channel by the mean and biased variance over the batch and any
@@ -150,7 +200,7 @@ class BatchNorm(nn.Module):
                 f"BatchNorm({self.num_features}) expects (N, {self.num_features}, *) inputs, "
                 f"got {tuple(x.shape)}"
             )
-        y = _normalise(x, (0, *range(2, x.dim())), self.eps)
+        y = self.normalise(x, (0, *range(2, x.dim())), self.eps)
         if self.weight is not None and self.bias is not None:
             y = y * _per_channel(self.weight, x.dim()) + _per_channel(self.bias, x.dim())
         return y

@@ -23,6 +23,7 @@ from torch import Tensor
 from .config import TaskConfig
 
 if TYPE_CHECKING:
+    from .inputs import ImageInputs
     from .rl import RolloutTaskFamily
 
 __all__ = [
@@ -269,6 +270,15 @@ class TaskFamily(ABC):
         records exactly what it trained and will be tested on. None by default.
         """
         return {}
+
+    def image_inputs(self, manifest: Mapping[str, Any]) -> ImageInputs | None:
+        """How an image file becomes one of this family's inputs, or None when none do.
+
+        ``manifest`` is what ``manifest()`` returned when the run trained (its ``task.json``),
+        so a family can describe statistics of its training data (normalisation) without
+        that data being present. ``metaflow adapt`` and ``predict`` read image folders with it.
+        """
+        return None
 
     def plot_examples(
         self,

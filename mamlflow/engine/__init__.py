@@ -5,7 +5,9 @@
 * ``components``: the live task family, model, algorithm and adapter a config names, and the
   ``sources`` of its meta-batches (sampled tasks, or ``rollouts`` collected in them);
 * ``trainer``, ``evaluation``, ``checkpoint``, ``distributed``: a run, end to end;
-* ``bench``: the measuring harness behind ``metaflow bench``.
+* ``bench``: the measuring harness behind ``metaflow bench``;
+* ``deploy`` and ``userdata``: a trained run adapted to a user's own examples, saved, loaded and
+  used to predict (``metaflow adapt``, ``predict``, ``export``).
 
 This module is the package's only entrance from outside it.
 """
@@ -30,6 +32,10 @@ from .checkpoint import save_checkpoint as save_checkpoint
 from .components import Components as Components
 from .components import build_components as build_components
 from .components import resolve_device as resolve_device
+from .deploy import AdaptedModel as AdaptedModel
+from .deploy import MetaModel as MetaModel
+from .deploy import load_adapted as load_adapted
+from .deploy import load_run as load_run
 from .distributed import DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from .distributed import DIST_TIMEOUT_ENV as DIST_TIMEOUT_ENV
 from .distributed import THREADS_ENV as THREADS_ENV
@@ -79,6 +85,11 @@ from .sources import CollectedRollouts as CollectedRollouts
 from .sources import SampledTasks as SampledTasks
 from .sources import batch_source as batch_source
 from .trainer import Trainer as Trainer
+from .userdata import ClassFolder as ClassFolder
+from .userdata import Table as Table
+from .userdata import read_class_folder as read_class_folder
+from .userdata import read_images as read_images
+from .userdata import read_table as read_table
 
 __all__ = [
     "AUTOLOAD_ENV",
@@ -94,10 +105,12 @@ __all__ = [
     "RUN_LOCK",
     "STRICT_ENV",
     "THREADS_ENV",
+    "AdaptedModel",
     "AutoChoice",
     "BatchSource",
     "BenchReport",
     "Checkpoint",
+    "ClassFolder",
     "CollectedPolicyTerms",
     "CollectedRollouts",
     "Component",
@@ -108,6 +121,7 @@ __all__ = [
     "DistributedError",
     "EvalExamples",
     "EvalResult",
+    "MetaModel",
     "Order",
     "PluginFailure",
     "PluginHost",
@@ -117,6 +131,7 @@ __all__ = [
     "Rollouts",
     "SampledTasks",
     "StrategyResult",
+    "Table",
     "Trainer",
     "as_resolved",
     "batch_source",
@@ -132,13 +147,18 @@ __all__ = [
     "from_env",
     "get_host",
     "launched_by_torchrun",
+    "load_adapted",
     "load_checkpoint",
     "load_config_file",
+    "load_run",
     "load_saved",
     "matmul_peak_gflops",
     "parse_set",
     "peak_memory_mib",
     "plugin_code",
+    "read_class_folder",
+    "read_images",
+    "read_table",
     "remove_stale_temporaries",
     "reset_host",
     "resolve",

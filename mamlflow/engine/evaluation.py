@@ -107,6 +107,7 @@ def evaluate(
         seed=seed,
         split=split,
         later_scale=c.config.eval.later_steps_lr_scale,
+        transductive=c.config.eval.transductive,
     )
     scores: list[Tensor] = []
     examples: EvalExamples | None = None

@@ -29,13 +29,15 @@ from ..core import (
     TaskFamily,
     TaskObjective,
 )
+from ..core.nn import batch_statistics_layers, statistics_from_first
 from ..kernels import make_adapt_curve
 from .rollouts import CollectedPolicyTerms, Rollouts
 
-__all__ = ["BatchSource", "CollectedRollouts", "SampledTasks", "batch_source"]
+__all__ = ["BatchSource", "CollectedRollouts", "SampledTasks", "batch_source", "support_first"]
 
 Params = dict[str, Tensor]
 Evaluator = Callable[[TaskBatch], tuple[Tensor, Params]]
+AdaptCurve = Callable[[Params, Params, dict[str, Tensor], dict[str, Tensor]], tuple[Tensor, Params]]
 """``batch -> (scores (tasks, steps + 1), parameters after the last step)``."""
 
 
@@ -88,8 +90,12 @@ class BatchSource(ABC):
         seed: int,
         split: Split,
         later_scale: float,
+        transductive: bool = True,
     ) -> Evaluator:
-        """Adapt θ to a batch of held-out tasks and score it after 0..steps steps."""
+        """Adapt θ to a batch of held-out tasks and score it after 0..steps steps.
+
+        ``transductive`` False: batch-statistics layers normalise queries by the support set's
+        statistics (``eval.transductive``)."""
 
 
 class SampledTasks(BatchSource):
@@ -108,20 +114,49 @@ class SampledTasks(BatchSource):
         seed: int,
         split: Split,
         later_scale: float,
+        transductive: bool = True,
     ) -> Evaluator:
-        curve = make_adapt_curve(
-            self.family.objective(self.learner),
-            self.family.score(self.learner),
-            self.adapter,
-            steps=steps,
-            later_scale=later_scale,
-        )
+        def curve_for(model: Callable[[Params, Tensor], Tensor]) -> AdaptCurve:
+            return make_adapt_curve(
+                self.family.objective(self.learner),
+                self.family.score(model),
+                self.adapter,
+                steps=steps,
+                later_scale=later_scale,
+            )
 
-        def adapt_and_score(batch: TaskBatch) -> tuple[Tensor, Params]:
+        curve = curve_for(self.learner)
+        if transductive or not batch_statistics_layers(self.learner.module):
+            # Without batch statistics the two modes are one: each example is on its own.
+
+            def adapt_and_score(batch: TaskBatch) -> tuple[Tensor, Params]:
+                with torch.no_grad():
+                    return curve(params, learnables, batch.support, batch.query)
+
+            return adapt_and_score
+
+        key = self.family.io.input_key
+
+        def adapt_and_score_inductively(batch: TaskBatch) -> tuple[Tensor, Params]:
+            # The queries follow the support set in one batch, normalised by its statistics.
+            rows = batch.support[key].shape[1]
+            joined = torch.cat([batch.support[key], batch.query[key]], dim=1)
+            scored = curve_for(support_first(self.learner, rows))
             with torch.no_grad():
-                return curve(params, learnables, batch.support, batch.query)
+                return scored(params, learnables, batch.support, {**batch.query, key: joined})
 
-        return adapt_and_score
+        return adapt_and_score_inductively
+
+
+def support_first(learner: Learner, rows: int) -> Callable[[Params, Tensor], Tensor]:
+    """``learner`` on inputs whose first ``rows`` examples are the support set: the outputs of
+    the rest, each normalised by the support set's statistics (``statistics_from_first``)."""
+
+    def model(params: Params, inputs: Tensor) -> Tensor:
+        with statistics_from_first(learner.module, rows):
+            return learner(params, inputs)[rows:]
+
+    return model
 
 
 class CollectedRollouts(BatchSource):
@@ -188,6 +223,7 @@ class CollectedRollouts(BatchSource):
         seed: int,
         split: Split,
         later_scale: float,
+        transductive: bool = True,
     ) -> Evaluator:
         # Every step adapts on fresh trajectories of the policy it adapts, as the paper does.
         def adapt_and_score(batch: TaskBatch) -> tuple[Tensor, Params]:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mamlflow.core import ConfigError, ModelConfig, ModelIO, ModelPlugin, hookimpl
+from mamlflow.core.nn import BatchStatistics
 
 __all__ = ["Conv4", "Conv4Config"]
 
@@ -53,7 +54,7 @@ class Conv4Config(ModelConfig):
     )
 
 
-class _BatchStatNorm(nn.Module):
+class _BatchStatNorm(BatchStatistics):
     """Batch norm with the current batch's statistics only, written with plain tensor ops.
 
     Every call normalises each channel by the mean and biased variance over (N, H, W) of the
@@ -74,10 +75,7 @@ class _BatchStatNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        dims = (0, 2, 3)
-        mean = x.mean(dim=dims, keepdim=True)
-        var = x.var(dim=dims, correction=0, keepdim=True)
-        normed = (x - mean) * torch.rsqrt(var + self.eps)
+        normed = self.normalise(x, (0, 2, 3), self.eps)
         return normed * self.scale[:, None, None] + self.shift[:, None, None]
 
     def extra_repr(self) -> str:

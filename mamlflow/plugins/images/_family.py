@@ -28,6 +28,7 @@ from torch import Tensor
 from mamlflow.core import (
     SPLITS,
     DataError,
+    ImageInputs,
     ModelIO,
     Split,
     TaskBatch,
@@ -38,6 +39,7 @@ from mamlflow.core import (
 )
 
 from ._cache import CacheOptions, ImageArrays, load_image_cache
+from ._decode import RESAMPLE
 from ._source import ImageSource
 
 if TYPE_CHECKING:
@@ -177,6 +179,24 @@ class ImageFamily(TaskFamily):
                 for split, classes in arrays.splits.items()
             },
         }
+
+    def image_inputs(self, manifest: Mapping[str, Any]) -> ImageInputs:
+        """The cache's decode and resize, then ``prepare``'s scaling, with the statistics the
+        run recorded (its ``task.json``), so the training images need not be present."""
+        channels, normalize = self.config.channels, self.config.normalize
+        if normalize == "none":
+            mean, std = (0.0,) * channels, (1.0,) * channels
+        else:
+            try:
+                mean, std = tuple(manifest["mean"]), tuple(manifest["std"])
+            except (KeyError, TypeError):
+                raise DataError(
+                    f"{self.name}: the run's task.json does not record the training split's "
+                    "mean and std that task.normalize=dataset scaled by; restore task.json"
+                ) from None
+        return ImageInputs(
+            size=self.config.image_size, channels=channels, mean=mean, std=std, resample=RESAMPLE
+        )
 
     # -- sampling
 

@@ -29,7 +29,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from mamlflow.core import DataError, Preset, TaskConfig
+from mamlflow.core import IMAGE_SUFFIXES, DataError, Preset, TaskConfig, image_files
 from mamlflow.plugins._imagedata import DATA_ENV, candidate_dirs, one_line
 
 from ._family import ImageFamily, ImageFamilyConfig
@@ -37,7 +37,6 @@ from ._source import SPLIT_NAMES, ClassIndex, ImageData, ImageSource
 
 __all__ = ["IMAGE_SUFFIXES", "PRESETS", "ImageFolder", "ImageFolderConfig", "ImageFolderSource"]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 Layout = Literal["auto", "csv", "txt", "splits", "folders"]
 _SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
@@ -74,14 +73,7 @@ class _Class:
 
 
 def _images_under(folder: Path) -> tuple[Path, ...]:
-    """Image files under ``folder``, nested folders included, in path order."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for file in sorted(files):
-            if not file.startswith(".") and Path(file).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(root, file))
-    return tuple(found)
+    return image_files(folder)
 
 
 def _subfolders(folder: Path) -> list[Path]:

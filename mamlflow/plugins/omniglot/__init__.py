@@ -32,6 +32,7 @@ from torch import Tensor
 from mamlflow.core import (
     SAVED_DEFAULT,
     SPLITS,
+    ImageInputs,
     ModelIO,
     Preset,
     Split,
@@ -237,6 +238,10 @@ class Omniglot(TaskFamily):
                 split: [names[i] for i in chars] for split, chars in self.splits.characters.items()
             },
         }
+
+    def image_inputs(self, manifest: Mapping[str, object]) -> ImageInputs:
+        # What the cache build does to a drawing (_data._preprocess), then the kernel's /255.
+        return ImageInputs(size=28, channels=1, mean=(0.0,), std=(1.0,), invert=True)
 
     @property
     def images(self) -> np.ndarray:
