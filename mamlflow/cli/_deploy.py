@@ -22,6 +22,7 @@ from mamlflow.core import DataError, ImageInputs, image_files
 from mamlflow.engine import (
     AdaptedModel,
     MetaModel,
+    answers,
     load_adapted,
     load_run,
     read_class_folder,
@@ -39,13 +40,27 @@ PLOT = "adapted.png"
 def adapt_command(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by 'metaflow run'")],
     support: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--support",
             help="image families: a folder with one sub-folder of images per class (its name "
             "is the class's); regression: a CSV with a header row",
         ),
-    ],
+    ] = None,
+    task: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--task",
+            help="reinforcement learning: the task, key=v1,v2 (repeatable), e.g. goal=0.3,-0.2 "
+            "for navigation",
+        ),
+    ] = None,
+    trajectories: Annotated[
+        int | None,
+        typer.Option(
+            "--trajectories", min=1, help="RL: trajectories per step (default: eval.shots)"
+        ),
+    ] = None,
     steps: Annotated[
         int | None, typer.Option("--steps", min=0, help="adaptation steps (default: eval.steps)")
     ] = None,
@@ -80,20 +95,45 @@ def adapt_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
 ) -> None:
     """Adapt a trained run to your own few examples; write the adapted model to a folder."""
+    if (support is None) == (not task):
+        raise DataError("give --support (examples) or --task (a reinforcement-learning task)")
     meta = load_run(run_dir, "best" if best else "final", device=device)
-    if support.is_dir():
+    extra: dict[str, bytes] = {}
+    if task:
+        if lr is not None:
+            raise DataError("--lr: a policy adapts at the run's inner.lr; leave --lr out")
+        adapted = meta.adapt_to_task(_task(task), steps=steps, trajectories=trajectories)
+        name = "task"
+    elif support is not None and support.is_dir():
         adapted = _adapt_to_images(meta, support, steps, lr)
-        extra: dict[str, bytes] = {}
-    else:
+    elif support is not None:
         adapted, x, y = _adapt_to_table(meta, support, steps, lr, x_columns, y_columns)
         extra = _curve_plot(meta, adapted, x, y)
-    adapted.manifest["support"] = str(support.resolve())
-    out = out if out is not None else Path(run_dir) / "adapted" / (support.stem or "support")
+    if support is not None:
+        adapted.manifest["support"] = str(support.resolve())
+        name = support.stem or "support"
+    out = out if out is not None else Path(run_dir) / "adapted" / name
     adapted.save(out, extra=extra)
     if as_json:
         print(json.dumps(adapted.manifest, indent=2))
         return
     console.print(_summary(adapted, out, extra))
+
+
+def _task(items: list[str]) -> dict[str, list[float]]:
+    """``["goal=0.3,-0.2"]`` → ``{"goal": [0.3, -0.2]}``."""
+    task: dict[str, list[float]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            task[key.strip()] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise DataError(
+                f"--task {item!r}: write key=number[,number…], e.g. goal=0.3,-0.2"
+            ) from None
+    return task
 
 
 def _adapt_to_images(
@@ -187,11 +227,16 @@ def _summary(adapted: AdaptedModel, out: Path, extra: dict[str, bytes]) -> Table
     )
     if m.get("classes"):
         table.add_row("classes", escape(", ".join(m["classes"])))
-    table.add_row("support", f"{a['support_examples']} examples")
+    if "support_examples" in a:
+        table.add_row("support", f"{a['support_examples']} examples")
+    if "task" in a:
+        table.add_row("task", escape(json.dumps(a["task"])))
+        table.add_row("trajectories", f"{a['trajectories']} per step")
     table.add_row("steps, lr", f"{a['steps']}, {a['lr']}")
     for key in a["after"]:
+        where = "mean" if key == "return" else "support"
         table.add_row(
-            f"support {key}", f"{a['before'][key]:.4f} before → {a['after'][key]:.4f} after"
+            f"{where} {key}", f"{a['before'][key]:.4f} before → {a['after'][key]:.4f} after"
         )
     if m["normalisation"] == "support":
         table.add_row("batch norm", "by the support set's statistics (one input = same answer)")
@@ -288,16 +333,16 @@ def _cell(value: object) -> str:
 
 
 class _Predictor(torch.nn.Module):
-    """What ``predict`` returns, as one module: probabilities or values."""
+    """What ``predict`` returns, as one module: probabilities, values or mean actions."""
 
     def __init__(self, adapted: AdaptedModel) -> None:
         super().__init__()
         self.adapted = adapted
-        self.classify = adapted.metric == "accuracy"
+        self.metric = adapted.metric
+        self.output_dim = int(adapted.manifest["model"]["output_dim"])
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.adapted(x)
-        return out.softmax(-1) if self.classify else out
+        return answers(self.adapted(x), self.metric, self.output_dim)
 
 
 def export_command(

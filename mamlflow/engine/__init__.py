@@ -34,6 +34,7 @@ from .components import build_components as build_components
 from .components import resolve_device as resolve_device
 from .deploy import AdaptedModel as AdaptedModel
 from .deploy import MetaModel as MetaModel
+from .deploy import answers as answers
 from .deploy import load_adapted as load_adapted
 from .deploy import load_run as load_run
 from .distributed import DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S
@@ -133,6 +134,7 @@ __all__ = [
     "StrategyResult",
     "Table",
     "Trainer",
+    "answers",
     "as_resolved",
     "batch_source",
     "benchmark",

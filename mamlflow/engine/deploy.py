@@ -38,6 +38,7 @@ from ..core import (
     RolloutTaskFamily,
     RunConfig,
     RunDir,
+    TaskBatch,
     __version__,
     atomic_write,
     rundir,
@@ -51,7 +52,7 @@ from .guard import plugin_code
 from .host import PluginHost, get_host
 from .resolution import load_saved
 
-__all__ = ["AdaptedModel", "MetaModel", "load_adapted", "load_run"]
+__all__ = ["AdaptedModel", "MetaModel", "answers", "load_adapted", "load_run"]
 
 
 def load_run(
@@ -100,15 +101,9 @@ class MetaModel:
     def __init__(
         self, components: Components, ckpt: Checkpoint, run_dir: Path, checkpoint: str
     ) -> None:
-        if isinstance(components.family, RolloutTaskFamily):
-            raise ConfigError(
-                [
-                    f"task.name: '{components.family.name}' is a reinforcement-learning family; "
-                    "load_run adapts supervised families (support examples and targets), and "
-                    "`metaflow eval` adapts its policy to held-out tasks"
-                ]
-            )
         self.components = components
+        self.rollouts = isinstance(components.family, RolloutTaskFamily)
+        """A reinforcement-learning run: adapt with ``adapt_to_task``, not ``adapt``."""
         self.run_dir = run_dir
         self.checkpoint = checkpoint
         self.iteration = ckpt.iteration
@@ -167,6 +162,7 @@ class MetaModel:
     ) -> AdaptedModel:
         """θ adapted to one task by the run's inner loop; ``steps``/``lr``: ``eval.steps`` and
         ``inner.lr`` by default (``lr`` is refused when the algorithm learns its rates)."""
+        self._supervised("adapt")
         task = self._task(support_x, support_y)
         steps, adapter = self._settings(steps, lr)
         adapt = self._adaptation(adapter)
@@ -187,6 +183,7 @@ class MetaModel:
         Tasks with the same support size are adapted in one call; the result is, to rounding,
         ``[adapt(x, y) for x, y in tasks]`` (a test holds it to that).
         """
+        self._supervised("adapt_many")
         checked = [self._task(x, y) for x, y in tasks]
         steps, adapter = self._settings(steps, lr)
         adapt = self._adaptation(adapter)
@@ -211,6 +208,100 @@ class MetaModel:
                 self._check_finite([params], lr)
                 out[i] = self._adapted(params, checked[i], steps, lr)
         return [m for m in out if m is not None]
+
+    def adapt_to_task(
+        self,
+        task: Mapping[str, Any],
+        *,
+        steps: int | None = None,
+        trajectories: int | None = None,
+        seed: int = 0,
+    ) -> AdaptedModel:
+        """A reinforcement-learning run's policy adapted to the task ``task`` describes.
+
+        ``task`` holds what the family's ``sample`` puts in a task's ``info`` (navigation:
+        ``{"goal": [x, y]}``). The run's own procedure, as ``metaflow eval`` runs it: collect
+        ``trajectories`` (default ``eval.shots`` or ``task.shots``) with the policy, take an
+        inner policy-gradient step, collect again with the adapted policy, ``steps`` times
+        (default ``eval.steps``); ``seed`` keys the environments' and policy's noise.
+        """
+        if not self.rollouts:
+            raise ConfigError(
+                [
+                    f"task.name: '{self.config.task.name}' is supervised; adapt it to examples "
+                    "with adapt(support_x, support_y)"
+                ]
+            )
+        c = self.components
+        steps, _ = self._settings(steps, None)
+        shots = trajectories or (c.config.eval.shots or (c.config.task.shots,))[0]
+        info = self._task_info(task)
+        evaluator = c.source.evaluator(
+            self.params,
+            self.learnables,
+            steps=steps,
+            shots=shots,
+            seed=seed,
+            split="test",
+            later_scale=c.config.eval.later_steps_lr_scale,
+        )
+        batch = TaskBatch({}, {}, torch.zeros(1, dtype=torch.int64, device=c.device), info)
+        with torch.no_grad():
+            returns, adapted = evaluator(batch)
+        params = {k: v[0] for k, v in adapted.items()}
+        self._check_finite([params], None)
+        curve = [float(r) for r in returns[0]]
+        return self._wrap(
+            params,
+            support=None,
+            steps=steps,
+            rate=c.config.inner.lr,
+            before={"return": curve[0]},
+            after={"return": curve[-1]},
+            inputs={
+                "kind": "table",
+                "columns": [f"obs{i}" for i in range(self.input_shape[0])],
+                "targets": [f"action{i}" for i in range(self.output_dim // 2)],
+            },
+            extra={
+                "task": {k: v[0].tolist() for k, v in info.items()},
+                "trajectories": shots,
+                "returns": curve,
+            },
+        )
+
+    def _task_info(self, task: Mapping[str, Any]) -> dict[str, Tensor]:
+        """``task`` as a one-task ``info``, checked against what the family samples."""
+        c = self.components
+        with plugin_code(f"task family '{c.family.name}'", "sample()"):
+            example = c.family.sample(0, 0, torch.arange(1), split="test").info
+        if set(task) != set(example):
+            raise DataError(
+                f"a '{c.family.name}' task is given by {', '.join(sorted(example))}; got "
+                f"{', '.join(sorted(task)) or 'nothing'}"
+            )
+        info = {}
+        for key, like in example.items():
+            try:
+                value = torch.as_tensor(task[key], dtype=like.dtype).reshape(like.shape[1:])
+            except (TypeError, ValueError, RuntimeError):
+                raise DataError(
+                    f"task {key}: {task[key]!r} is not {like.dtype} values of shape "
+                    f"{tuple(like.shape[1:])}"
+                ) from None
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise DataError(f"task {key}: {task[key]!r} holds NaN or inf")
+            info[key] = value[None].to(c.device)
+        return info
+
+    def _supervised(self, method: str) -> None:
+        if self.rollouts:
+            raise ConfigError(
+                [
+                    f"task.name: '{self.config.task.name}' is a reinforcement-learning family: "
+                    f"{method} takes examples; adapt its policy with adapt_to_task({{...}})"
+                ]
+            )
 
     def _settings(self, steps: int | None, lr: float | None) -> tuple[int, Adapter]:
         c = self.components
@@ -299,11 +390,6 @@ class MetaModel:
 
     def _adapted(self, params: Params, task: _Task, steps: int, lr: float | None) -> AdaptedModel:
         c = self.components
-        module = copy.deepcopy(c.learner.module)
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                p.copy_(params[name])
-        module.requires_grad_(False).eval()
         data = self._data(task)
         objective, score = c.family.objective(c.learner), c.family.score(c.learner)
         with torch.no_grad():
@@ -313,6 +399,36 @@ class MetaModel:
                 before["accuracy"] = float(score(self.params, data))
                 after["accuracy"] = float(score(params, data))
         rate = lr if lr is not None else "learned" if self.learnables else c.config.inner.lr
+        return self._wrap(
+            params,
+            support=task.x,
+            steps=steps,
+            rate=rate,
+            before=before,
+            after=after,
+            extra={"support_examples": int(task.x.shape[0])},
+        )
+
+    def _wrap(
+        self,
+        params: Params,
+        *,
+        support: Tensor | None,
+        steps: int,
+        rate: float | str,
+        before: dict[str, float],
+        after: dict[str, float],
+        extra: dict[str, Any],
+        inputs: dict[str, Any] | None = None,
+    ) -> AdaptedModel:
+        """An ``AdaptedModel`` of ``params`` with its manifest."""
+        c = self.components
+        module = copy.deepcopy(c.learner.module)
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                p.copy_(params[name])
+        module.requires_grad_(False).eval()
+        batch_norm = bool(batch_statistics_layers(module))
         manifest = {
             "format": ADAPTED_FORMAT,
             "version": ADAPTED_VERSION,
@@ -334,18 +450,12 @@ class MetaModel:
             },
             "metric": self.metric,
             "classes": None,
-            "inputs": None if self.image_inputs is None else self.image_inputs.as_json(),
-            "normalisation": "support" if batch_statistics_layers(module) else "none",
-            "adaptation": {
-                "steps": steps,
-                "lr": rate,
-                "support_examples": int(task.x.shape[0]),
-                "before": before,
-                "after": after,
-            },
+            "inputs": inputs
+            or (None if self.image_inputs is None else self.image_inputs.as_json()),
+            "normalisation": "support" if batch_norm and support is not None else "none",
+            "adaptation": {"steps": steps, "lr": rate, **extra, "before": before, "after": after},
         }
-        support = task.x if batch_statistics_layers(module) else None
-        return AdaptedModel(module, support=support, manifest=manifest)
+        return AdaptedModel(module, support=support if batch_norm else None, manifest=manifest)
 
 
 ADAPTED_FORMAT = "mamlflow-adapted"
@@ -395,11 +505,12 @@ class AdaptedModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: Tensor, *, batch_size: int = 256) -> Tensor:
-        """Probabilities ``(n, classes)`` or values ``(n, outputs)`` for inputs ``x``."""
+        """Probabilities ``(n, classes)``, values ``(n, outputs)``, or a policy's mean actions
+        ``(n, actions)`` for inputs (observations) ``x``."""
         p = next(self.module.parameters())
         x = torch.as_tensor(x).to(p.device, p.dtype)
         out = torch.cat([self(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-        return out.softmax(-1) if self.metric == "accuracy" else out
+        return answers(out, self.metric, int(self.manifest["model"]["output_dim"]))
 
     def save(self, folder: str | Path, *, extra: Mapping[str, bytes] | None = None) -> Path:
         """Write ``folder/model.safetensors`` and ``folder/adapted.json`` (and ``extra`` files,
@@ -426,6 +537,17 @@ class AdaptedModel(nn.Module):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder
+
+
+def answers(outputs: Tensor, metric: Metric, output_dim: int) -> Tensor:
+    """What ``predict`` returns from a model's outputs: class probabilities for ``accuracy``,
+    the values for ``mse``, a Gaussian policy's mean action for ``return`` (rollout families'
+    policies output the mean and log-std, ``output_dim`` in all: the first half)."""
+    if metric == "accuracy":
+        return outputs.softmax(-1)
+    if metric == "return":
+        return outputs[..., : output_dim // 2]
+    return outputs
 
 
 def _swap_in(staging: Path, folder: Path) -> None:
@@ -512,6 +634,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest.get("model"), dict) or manifest.get("metric") not in (
         "accuracy",
         "mse",
+        "return",
     ):
         raise CheckpointError(f"{path}: damaged (no model or metric); adapt again")
     return manifest

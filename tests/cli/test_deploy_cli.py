@@ -18,6 +18,7 @@ import torch
 from mamlflow.cli import main
 from mamlflow.engine import PluginHost, Trainer, evaluate, load_adapted, load_run, resolve
 
+from ..navigation import SMALL
 from ..plugins.image_fixtures import write_classes, write_image
 
 
@@ -320,3 +321,60 @@ def test_predict_of_an_html_page_saved_as_an_image_is_one_line(
     assert (
         _cli(["predict", str(tmp_path / "a"), "--inputs", str(tmp_path / "ok.png")], capsys)[0] == 0
     )
+
+
+# -- reinforcement learning: a policy adapted to a goal
+
+
+@pytest.fixture(scope="module")
+def navigation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("navigation") / "run"
+    host = PluginHost()
+    config = resolve(host, preset="navigation", sets=(*SMALL, "train.iterations=2", "device=cpu"))
+    Trainer(config, run_dir, host).fit()
+    return run_dir
+
+
+def test_adapt_a_policy_to_a_goal_then_predict_and_export(
+    navigation_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "policy"
+    code, text, err = _cli(
+        ["adapt", str(navigation_run), "--task", "goal=0.3,-0.2", "--steps", "1", "--out",
+         str(out)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "mean return" in text
+    manifest = json.loads((out / "adapted.json").read_text())
+    assert manifest["adaptation"]["task"]["goal"] == pytest.approx([0.3, -0.2])
+    obs = _write_csv(tmp_path / "obs.csv", ["obs0", "obs1"], [[0.0, 0.0], [0.1, -0.1]])
+    code, text, _ = _cli(["predict", str(out), "--inputs", str(obs), "--json"], capsys)
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert (
+        code == 0
+        and [sorted(r) for r in rows] == [["action0", "action1", "obs0", "obs1", "row"]] * 2
+    )
+    code, _, err = _cli(["export", str(out), "--format", "torchscript"], capsys)
+    assert code == 0, err
+    policy = torch.jit.load(str(out / "model.pt"))
+    want = torch.tensor([[r["action0"], r["action1"]] for r in rows])
+    torch.testing.assert_close(policy(torch.tensor([[0.0, 0.0], [0.1, -0.1]])), want)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "goal"], "--task 'goal': write key=number[,number…]"),
+        (["--task", "goal=1,x"], "--task 'goal=1,x': write key=number[,number…]"),
+        (["--task", "speed=1"], "a 'navigation' task is given by goal; got speed"),
+        (["--task", "goal=1,2", "--lr", "0.1"], "--lr: a policy adapts at the run's inner.lr"),
+        ([], "give --support (examples) or --task"),
+    ],
+)
+def test_a_bad_task_is_one_line(
+    navigation_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args, message: str
+) -> None:
+    out = tmp_path / "out"
+    line = _error(["adapt", str(navigation_run), *args, "--out", str(out)], capsys)
+    assert message in line and not out.exists()

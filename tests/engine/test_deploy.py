@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamlflow.core import CheckpointError, DataError
+from mamlflow.core import CheckpointError, ConfigError, DataError
 from mamlflow.core.nn import BatchNorm, statistics_from_first
 from mamlflow.engine import (
     PluginHost,
@@ -23,6 +23,7 @@ from mamlflow.engine import (
 )
 from mamlflow.engine.sources import support_first
 
+from ..navigation import SMALL
 from ..plugins.image_fixtures import write_classes
 
 # -- a trained sinusoid run (seconds)
@@ -227,3 +228,44 @@ def test_evaluation_scores_queries_together_or_each_alone(
             logits = torch.cat([model(theta, torch.cat([support, q[None]])) for q in queries])
         accuracy = (logits.argmax(-1) == batch.query["y"][task]).double().mean()
         assert float(scores[task, -1]) == pytest.approx(float(accuracy), abs=1e-6)
+
+
+# -- reinforcement learning: a policy adapted to a task given by its parameters
+
+
+@pytest.fixture(scope="module")
+def navigation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("navigation") / "run"
+    host = PluginHost()
+    config = resolve(host, preset="navigation", sets=(*SMALL, "train.iterations=2", "device=cpu"))
+    Trainer(config, run_dir, host).fit()
+    return run_dir
+
+
+def test_a_policy_adapts_to_a_goal_as_evaluation_adapts_it(navigation_run: Path) -> None:
+    meta = load_run(navigation_run)
+    c = meta.components
+    seed, shots = c.config.seed, c.config.task.shots
+    goal = c.family.sample(seed, 0, torch.arange(1), split="test").info["goal"][0]
+    _, examples = evaluate(
+        c, meta.params, meta.learnables, shots=shots, steps=2, tasks=2, batch_size=2, split="test"
+    )
+    adapted = meta.adapt_to_task({"goal": goal.tolist()}, steps=2, trajectories=shots, seed=seed)
+    for name, value in adapted.module.named_parameters():
+        torch.testing.assert_close(value, examples.after[name][0], rtol=1e-5, atol=1e-6)
+    a = adapted.manifest["adaptation"]
+    assert len(a["returns"]) == 3 and a["task"]["goal"] == pytest.approx(goal.tolist())
+    assert adapted.metric == "return" and adapted.manifest["inputs"]["columns"] == ["obs0", "obs1"]
+    actions = adapted.predict(torch.zeros(4, 2))
+    assert actions.shape == (4, 2)  # the mean action, not the log-std beside it
+    torch.testing.assert_close(actions, adapted(torch.zeros(4, 2))[:, :2])
+
+
+def test_a_policy_task_must_be_the_familys(navigation_run: Path) -> None:
+    meta = load_run(navigation_run)
+    with pytest.raises(DataError, match="a 'navigation' task is given by goal; got target"):
+        meta.adapt_to_task({"target": [0.1, 0.2]})
+    with pytest.raises(DataError, match=r"task goal: \[0.1\] is not torch.float32 values"):
+        meta.adapt_to_task({"goal": [0.1]})
+    with pytest.raises(ConfigError, match="reinforcement-learning family: adapt takes examples"):
+        meta.adapt(torch.zeros(5, 2), torch.zeros(5, 4))
