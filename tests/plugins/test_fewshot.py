@@ -3,6 +3,7 @@ on them, and every broken input as one line that writes nothing (and runs nothin
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from mamlflow.cli import main
 from mamlflow.core import DataError
 from mamlflow.engine import PluginHost, resolve
 from mamlflow.plugins import fewshot
@@ -230,3 +232,48 @@ def test_presets_carry_the_authors_settings(preset: str, shots: int, algorithm: 
     assert (cfg.train.iterations, cfg.train.meta_batch_size) == (60_000, 4)
     assert (cfg.eval.steps, cfg.eval.tasks, cfg.eval.query) == (10, 600, shots)
     assert cfg.task.normalize == "none"
+
+
+@pytest.mark.parametrize("layout", ["csv", "pickle", "hdf5"])
+def test_metaflow_run_and_eval_miniimagenet_from_mamlflow_data(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    layout: str,
+) -> None:
+    """The done-when of issue 15, on fixtures: MAMLFLOW_DATA=<root> with root/miniimagenet in
+    any of the three layouts, then `metaflow run --plugin miniimagenet` and `metaflow eval`."""
+    if layout == "hdf5":
+        pytest.importorskip("h5py")
+    write = {"csv": fx.mini_csv, "pickle": fx.mini_pickles, "hdf5": fx.mini_hdf5}[layout]
+    write(tmp_path / "root" / "miniimagenet")
+    monkeypatch.setenv("MAMLFLOW_DATA", str(tmp_path / "root"))
+    monkeypatch.setitem(_checks.EXPECTED, "miniimagenet", fx.MINI_EXPECTED)
+    run_dir = tmp_path / "run"
+    sets = [
+        f"task.cache_dir={tmp_path / 'cache'}",
+        "task.ways=2",
+        "task.query=2",
+        "task.decode_workers=1",
+        "model.filters=4",
+        "train.iterations=2",
+        "train.meta_batch_size=2",
+        "inner.steps=1",
+        "eval.tasks=4",
+        "eval.steps=1",
+        "kernel.strategy=loop",
+    ]
+    args = ["run", "--plugin", "miniimagenet", "--out", str(run_dir)]
+    for item in sets:
+        args += ["--set", item]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code in (0, None)
+    manifest = json.loads((run_dir / "task.json").read_text())
+    assert manifest["classes"]["test"] == fx.wnids("test")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["eval", str(run_dir), "--json", "--no-plots"])
+    assert done.value.code in (0, None)
+    result = json.loads(capsys.readouterr().out)
+    assert result["metric"] == "accuracy" and result["tasks"] == 4
