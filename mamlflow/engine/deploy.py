@@ -205,7 +205,7 @@ class MetaModel:
                 adapted = batched(self.params, self.learnables, data)
             for j, i in enumerate(members):
                 params = {k: v[j] for k, v in adapted.items()}
-                self._check_finite([params], lr)
+                self._check_finite([params], lr, last=steps)
                 out[i] = self._adapted(params, checked[i], steps, lr)
         return [m for m in out if m is not None]
 
@@ -249,7 +249,7 @@ class MetaModel:
         with torch.no_grad():
             returns, adapted = evaluator(batch)
         params = {k: v[0] for k, v in adapted.items()}
-        self._check_finite([params], None)
+        self._check_finite([params], None, last=steps)
         curve = [float(r) for r in returns[0]]
         return self._wrap(
             params,
@@ -378,13 +378,16 @@ class MetaModel:
         return {"x": task.x, "y": task.y}
 
     @staticmethod
-    def _check_finite(path: list[Params], lr: float | None) -> None:
+    def _check_finite(path: list[Params], lr: float | None, *, last: int | None = None) -> None:
+        """Every step's parameters finite; ``last``: ``path`` holds only the parameters after
+        that many steps (a batched adaptation keeps no path), so the step is an upper bound."""
         for step, params in enumerate(path, start=1):
             bad = [k for k, v in params.items() if not bool(torch.isfinite(v).all())]
             if bad:
+                when = f"at step {step}" if last is None else f"by step {last}"
                 rate = "" if lr is None else f" (lr {lr:g})"
                 raise DataError(
-                    f"adaptation produced NaN or inf in {bad[0]} at step {step}{rate}; "
+                    f"adaptation produced NaN or inf in {bad[0]} {when}{rate}; "
                     "adapt with a smaller lr or fewer steps"
                 )
 

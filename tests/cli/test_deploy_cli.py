@@ -378,3 +378,38 @@ def test_a_bad_task_is_one_line(
     out = tmp_path / "out"
     line = _error(["adapt", str(navigation_run), *args, "--out", str(out)], capsys)
     assert message in line and not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_exported_classifier_with_batch_norm_answers_one_image_as_predict(
+    image_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    run_dir, _ = image_run
+    g = torch.Generator().manual_seed(3)
+    adapted = load_run(run_dir).adapt(torch.randn(3, 3, 16, 16, generator=g), torch.arange(3))
+    adapted.save(tmp_path / "a")
+    target = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
+    code, _, err = _cli(
+        ["export", str(tmp_path / "a"), "--format", fmt, "--out", str(target)], capsys
+    )
+    assert code == 0, err
+    images = torch.randn(5, 3, 16, 16, generator=g)
+    np.save(tmp_path / "x.npy", images.numpy())
+    x = f"numpy.load({str(tmp_path / 'x.npy')!r})"
+    if fmt == "torchscript":
+        run = (
+            f"import numpy, torch\nm = torch.jit.load({str(target)!r})\nx = torch.from_numpy({x})\n"
+            "print([m(x).tolist(), [m(x[i : i + 1])[0].tolist() for i in range(len(x))]])"
+        )
+    else:
+        run = (
+            f"import numpy, onnxruntime\ns = onnxruntime.InferenceSession({str(target)!r})\n"
+            f"x = {x}\nf = lambda v: s.run(None, {{'x': v}})[0]\n"
+            "print([f(x).tolist(), [f(x[i : i + 1])[0].tolist() for i in range(len(x))]])"
+        )
+    together, alone = json.loads(_run_without_mamlflow(run))
+    want = load_adapted(tmp_path / "a").predict(images).double()
+    torch.testing.assert_close(
+        torch.tensor(together, dtype=torch.float64), want, rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(torch.tensor(alone, dtype=torch.float64), want, rtol=1e-5, atol=1e-5)
