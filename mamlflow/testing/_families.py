@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from mamlflow.core import (
+    ImageInputs,
     InnerConfig,
     Learner,
     Metric,
@@ -60,7 +61,8 @@ def check_task_family(
     ``TaskBatch`` of the requested tasks with ``x`` (and ``y``) shaped as ``io`` says, honours
     ``shots``/``query``, is deterministic, gives task ``i`` the same data however the indices are
     split, leaves torch's global RNG alone, differs across seeds, iterations and splits, and equals
-    ``prepare(sample_raw(...), dtype)`` in float32 and float64 (what the engine trains on).
+    ``prepare(sample_raw(...), dtype)`` in float32 and float64 (what the engine trains on);
+    ``image_inputs(manifest())``, if not None, describes images of ``io``'s input shape.
     Then the meta-batch the engine trains on (``batch_source(...).meta_batch``: the sampled
     tasks, or trajectories collected in them with ``model``, default a small MLP or Gaussian
     MLP policy, in float64): support and query hold ``io.input_key`` with a leading task
@@ -83,6 +85,7 @@ def check_task_family(
     _check_shapes(who, fam, batch, io, sample)
     _check_sampling_is_pure(who, sample, batch, index)
     _check_raw_then_prepared(who, fam, batch, index, seed)
+    _check_image_inputs(who, fam, io)
     _check_streams(who, sample, batch, index, seed)
     plugin = fam.batch_source(_SmallModel()) if model is None else model
     fix = "pass check_task_family(..., model=...) a model for this family's io"
@@ -192,6 +195,28 @@ def _check_raw_then_prepared(
             f"prepare(sample_raw(...), {dtype}) differs from sample(...) in {dtype}",
             "make sample() return exactly prepare(sample_raw(...), torch.float32), and compute "
             "prepare in float32 before casting to dtype",
+        )
+
+
+def _check_image_inputs(who: str, fam: TaskFamily, io: ModelIO) -> None:
+    """``image_inputs`` (when the family reads image files) describes inputs ``io`` accepts."""
+    manifest = _call(who, "manifest()", fam.manifest, "manifest must return a JSON-ready dict")
+    spec = _call(
+        who,
+        "image_inputs(manifest())",
+        lambda: fam.image_inputs(manifest),
+        "image_inputs must accept what manifest() returned",
+    )
+    if spec is None:
+        return
+    if not isinstance(spec, ImageInputs):
+        _fail(who, f"image_inputs returned {type(spec).__name__}", "return ImageInputs or None")
+    if spec.input_shape != tuple(io.input_shape):
+        _fail(
+            who,
+            f"image_inputs reads images as {spec.input_shape}, but io.input_shape is "
+            f"{tuple(io.input_shape)}",
+            "describe the size and channels the family's samples have",
         )
 
 

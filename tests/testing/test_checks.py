@@ -25,6 +25,7 @@ from mamlflow.core import (
     Algorithm,
     Callback,
     CallbackConfig,
+    ImageInputs,
     InnerConfig,
     MetricsRecord,
     ModelIO,
@@ -155,6 +156,28 @@ def test_a_sampler_that_ignores_shots_is_caught() -> None:
 
     message = _raises(check_task_family, FixedShots)
     assert "sample(shots=2, query=3) returned 10 support and 10 query examples per task" in message
+
+
+def test_a_prepare_that_differs_from_sample_is_caught() -> None:
+    class Scaled(_Family):
+        def prepare(self, batch: TaskBatch, dtype: torch.dtype) -> TaskBatch:
+            support = {**batch.support, "x": batch.support["x"] * 2}
+            return TaskBatch(support, batch.query, batch.task_index, batch.info)
+
+    message = _raises(check_task_family, Scaled)
+    assert message.startswith(
+        "task family 'broken': prepare(sample_raw(...), torch.float32) differs from sample(...) "
+        "in torch.float32 (in support['x'])"
+    ), message
+
+
+def test_image_inputs_of_another_shape_are_caught() -> None:
+    class Images(_Family):
+        def image_inputs(self, manifest: Any) -> ImageInputs:
+            return ImageInputs(size=28, channels=1, mean=(0.0,), std=(1.0,))
+
+    message = _raises(check_task_family, Images)
+    assert "image_inputs reads images as (1, 28, 28), but io.input_shape is (1,)" in message
 
 
 def test_an_objective_that_branches_on_tensor_values_is_caught() -> None:
