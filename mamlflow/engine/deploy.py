@@ -60,13 +60,15 @@ def load_run(
     checkpoint: Literal["final", "best"] = "final",
     *,
     device: str | None = None,
+    dtype: Literal["float32", "float64"] | None = None,
     host: PluginHost | None = None,
 ) -> MetaModel:
     """The meta-trained model of ``run_dir`` (its ``checkpoint.pt``, or ``checkpoint_best.pt``).
 
     ``device``: where to adapt and predict (default: the run's ``device``, ``auto`` → CUDA when
-    there is one). Raises ``CheckpointError`` with the fix when the directory holds no run or no
-    such checkpoint.
+    there is one); ``dtype``: of the parameters and inputs (default: the run's
+    ``kernel.dtype``). Raises ``CheckpointError`` with the fix when the directory holds no run
+    or no such checkpoint.
     """
     if checkpoint not in ("final", "best"):
         raise ValueError(f"checkpoint must be 'final' or 'best', got {checkpoint!r}")
@@ -77,6 +79,12 @@ def load_run(
     config = load_saved(host, files.config).config
     if device is not None:
         config = config.model_copy(update={"device": device})
+    if dtype is not None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        config = config.model_copy(
+            update={"kernel": config.kernel.model_copy(update={"dtype": dtype})}
+        )
     name = rundir.BEST_CHECKPOINT if checkpoint == "best" else rundir.CHECKPOINT
     if checkpoint == "best" and not (files.path / name).is_file():
         raise CheckpointError(
@@ -203,10 +211,11 @@ class MetaModel:
             }
             with torch.no_grad():
                 adapted = batched(self.params, self.learnables, data)
+            metrics = self._support_metrics(adapted, data, batched=True)
             for j, i in enumerate(members):
                 params = {k: v[j] for k, v in adapted.items()}
                 self._check_finite([params], lr, last=steps)
-                out[i] = self._adapted(params, checked[i], steps, lr)
+                out[i] = self._adapted(params, checked[i], steps, lr, metrics[j])
         return [m for m in out if m is not None]
 
     def adapt_to_task(
@@ -391,16 +400,43 @@ class MetaModel:
                     "adapt with a smaller lr or fewer steps"
                 )
 
-    def _adapted(self, params: Params, task: _Task, steps: int, lr: float | None) -> AdaptedModel:
+    def _support_metrics(
+        self, adapted: Params, data: dict[str, Tensor], *, batched: bool
+    ) -> list[tuple[dict[str, float], dict[str, float]]]:
+        """(before, after) loss (and accuracy) on the support set, per task of ``data``
+        (``batched``: a leading task dimension on ``data`` and ``adapted``, one vmapped call)."""
         c = self.components
-        data = self._data(task)
-        objective, score = c.family.objective(c.learner), c.family.score(c.learner)
+        fns = {"loss": c.family.objective(c.learner)}
+        if self.metric == "accuracy":
+            fns["accuracy"] = c.family.score(c.learner)
+        values: dict[str, tuple[Tensor, Tensor]] = {}
         with torch.no_grad():
-            before = {"loss": float(objective(self.params, data))}
-            after = {"loss": float(objective(params, data))}
-            if self.metric == "accuracy":
-                before["accuracy"] = float(score(self.params, data))
-                after["accuracy"] = float(score(params, data))
+            for key, fn in fns.items():
+                if batched:
+                    before = vmap(fn, in_dims=(None, 0))(self.params, data)
+                    after = vmap(fn, in_dims=(0, 0))(adapted, data)
+                else:
+                    before, after = fn(self.params, data)[None], fn(adapted, data)[None]
+                values[key] = (before.double().cpu(), after.double().cpu())
+        tasks = next(iter(values.values()))[0].shape[0]
+        return [
+            ({k: float(v[0][i]) for k, v in values.items()},
+             {k: float(v[1][i]) for k, v in values.items()})
+            for i in range(tasks)
+        ]  # fmt: skip
+
+    def _adapted(
+        self,
+        params: Params,
+        task: _Task,
+        steps: int,
+        lr: float | None,
+        metrics: tuple[dict[str, float], dict[str, float]] | None = None,
+    ) -> AdaptedModel:
+        c = self.components
+        if metrics is None:
+            (metrics,) = self._support_metrics(params, self._data(task), batched=False)
+        before, after = metrics
         rate = lr if lr is not None else "learned" if self.learnables else c.config.inner.lr
         return self._wrap(
             params,

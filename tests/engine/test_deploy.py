@@ -269,3 +269,15 @@ def test_a_policy_task_must_be_the_familys(navigation_run: Path) -> None:
         meta.adapt_to_task({"goal": [0.1]})
     with pytest.raises(ConfigError, match="reinforcement-learning family: adapt takes examples"):
         meta.adapt(torch.zeros(5, 2), torch.zeros(5, 4))
+
+
+def test_a_run_loads_in_float64_and_adapt_many_then_matches_the_loop_to_rounding(
+    sinusoid_run: Path,
+) -> None:
+    meta = load_run(sinusoid_run, dtype="float64")
+    x = torch.linspace(-4, 4, 5, dtype=torch.float64)[:, None]
+    tasks = [(x, torch.sin(x)), (x, torch.cos(x))]
+    for got, want in zip(meta.adapt_many(tasks), [meta.adapt(*t) for t in tasks], strict=True):
+        for a, b in zip(got.module.parameters(), want.module.parameters(), strict=True):
+            assert a.dtype == torch.float64
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
