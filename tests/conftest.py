@@ -10,8 +10,9 @@ os.environ.setdefault("MAMLFLOW_AUTOLOAD_PLUGINS", "0")
 import pytest
 import torch
 
-# The small navigation runs (and their ``host`` fixture) several packages' RL tests share.
-pytest_plugins = ["tests.navigation"]
+# The small navigation runs (and their ``host`` fixture) several packages' RL tests share, and
+# the small trained runs the deploy tests adapt.
+pytest_plugins = ["tests.navigation", "tests.trained_runs"]
 
 # MAMLFLOW_TEST_THREADS=1 keeps parallel test runs from preempting each other inside matmuls.
 torch.set_num_threads(int(os.environ.get("MAMLFLOW_TEST_THREADS", min(2, os.cpu_count() or 1))))

@@ -18,7 +18,6 @@ import torch
 from mamlflow.cli import main
 from mamlflow.engine import PluginHost, Trainer, evaluate, load_adapted, load_run, resolve
 
-from ..navigation import SMALL
 from ..plugins.image_fixtures import write_classes, write_image
 
 
@@ -49,15 +48,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list[float]]) -> Path:
 
 
 # -- regression: a sinusoid run and a CSV
-
-
-@pytest.fixture(scope="module")
-def sinusoid_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("sinusoid") / "run"
-    host = PluginHost()
-    sets = ("train.iterations=30", "kernel.strategy=batched", "eval.steps=3", "device=cpu")
-    Trainer(resolve(host, preset="sinusoid", sets=sets), run_dir, host).fit()
-    return run_dir
 
 
 def test_adapt_a_csv_then_predict_a_grid_reproduces_evaluation(
@@ -324,15 +314,6 @@ def test_predict_of_an_html_page_saved_as_an_image_is_one_line(
 
 
 # -- reinforcement learning: a policy adapted to a goal
-
-
-@pytest.fixture(scope="module")
-def navigation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("navigation") / "run"
-    host = PluginHost()
-    config = resolve(host, preset="navigation", sets=(*SMALL, "train.iterations=2", "device=cpu"))
-    Trainer(config, run_dir, host).fit()
-    return run_dir
 
 
 def test_adapt_a_policy_to_a_goal_then_predict_and_export(

@@ -14,7 +14,6 @@ from mamlflow.core import CheckpointError, ConfigError, DataError
 from mamlflow.core.nn import BatchNorm, statistics_from_first
 from mamlflow.engine import (
     PluginHost,
-    Trainer,
     build_components,
     evaluate,
     load_adapted,
@@ -23,19 +22,9 @@ from mamlflow.engine import (
 )
 from mamlflow.engine.sources import support_first
 
-from ..navigation import SMALL
 from ..plugins.image_fixtures import write_classes
 
 # -- a trained sinusoid run (seconds)
-
-
-@pytest.fixture(scope="module")
-def sinusoid_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("sinusoid") / "run"
-    host = PluginHost()
-    sets = ("train.iterations=30", "kernel.strategy=batched", "eval.steps=3", "device=cpu")
-    Trainer(resolve(host, preset="sinusoid", sets=sets), run_dir, host).fit()
-    return run_dir
 
 
 def _test_task(run_dir: Path, shots: int = 5) -> tuple[dict, dict, dict]:
@@ -231,15 +220,6 @@ def test_evaluation_scores_queries_together_or_each_alone(
 
 
 # -- reinforcement learning: a policy adapted to a task given by its parameters
-
-
-@pytest.fixture(scope="module")
-def navigation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("navigation") / "run"
-    host = PluginHost()
-    config = resolve(host, preset="navigation", sets=(*SMALL, "train.iterations=2", "device=cpu"))
-    Trainer(config, run_dir, host).fit()
-    return run_dir
 
 
 def test_a_policy_adapts_to_a_goal_as_evaluation_adapts_it(navigation_run: Path) -> None:
