@@ -99,25 +99,37 @@ def adapt_command(
         raise DataError("give --support (examples) or --task (a reinforcement-learning task)")
     meta = load_run(run_dir, "best" if best else "final", device=device)
     extra: dict[str, bytes] = {}
-    if task:
+    if support is None:
         if lr is not None:
             raise DataError("--lr: a policy adapts at the run's inner.lr; leave --lr out")
-        adapted = meta.adapt_to_task(_task(task), steps=steps, trajectories=trajectories)
-        name = "task"
-    elif support is not None and support.is_dir():
-        adapted = _adapt_to_images(meta, support, steps, lr)
-    elif support is not None:
-        adapted, x, y = _adapt_to_table(meta, support, steps, lr, x_columns, y_columns)
-        extra = _curve_plot(meta, adapted, x, y)
-    if support is not None:
-        adapted.manifest["support"] = str(support.resolve())
-        name = support.stem or "support"
+        adapted = meta.adapt_to_task(_task(task or []), steps=steps, trajectories=trajectories)
+    else:
+        adapted, extra = _adapt_to_support(meta, support, steps, lr, (x_columns, y_columns))
+    name = "task" if support is None else support.stem or "support"
     out = out if out is not None else Path(run_dir) / "adapted" / name
     adapted.save(out, extra=extra)
     if as_json:
         print(json.dumps(adapted.manifest, indent=2))
         return
     console.print(_summary(adapted, out, extra))
+
+
+def _adapt_to_support(
+    meta: MetaModel,
+    support: Path,
+    steps: int | None,
+    lr: float | None,
+    columns: tuple[str | None, str | None],
+) -> tuple[AdaptedModel, dict[str, bytes]]:
+    """A folder of class folders, or a CSV; with the files to write beside the model."""
+    extra: dict[str, bytes] = {}
+    if support.is_dir():
+        adapted = _adapt_to_images(meta, support, steps, lr)
+    else:
+        adapted, x, y = _adapt_to_table(meta, support, steps, lr, *columns)
+        extra = _curve_plot(meta, adapted, x, y)
+    adapted.manifest["support"] = str(support.resolve())
+    return adapted, extra
 
 
 def _task(items: list[str]) -> dict[str, list[float]]:

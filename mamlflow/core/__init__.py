@@ -59,6 +59,9 @@ from .metastep import MetaStep as MetaStep
 from .metastep import MetaStepFactory as MetaStepFactory
 from .metastep import StepResult as StepResult
 from .metastep import Strategy as Strategy
+from .nn import BatchStatistics as BatchStatistics
+from .nn import batch_statistics_layers as batch_statistics_layers
+from .nn import statistics_from_first as statistics_from_first
 from .optim import LossAndKL as LossAndKL
 from .optim import OuterOptimizer as OuterOptimizer
 from .optim import OuterStepReport as OuterStepReport
@@ -100,6 +103,7 @@ __all__ = [
     "Algorithm",
     "AlgorithmConfig",
     "BatchSources",
+    "BatchStatistics",
     "Callback",
     "CallbackConfig",
     "Chain",
@@ -156,6 +160,7 @@ __all__ = [
     "adam",
     "apply_updates",
     "atomic_write",
+    "batch_statistics_layers",
     "chain",
     "discounted_returns",
     "gaussian_kl",
@@ -170,5 +175,6 @@ __all__ = [
     "rng",
     "rundir",
     "sgd",
+    "statistics_from_first",
     "strict_json",
 ]

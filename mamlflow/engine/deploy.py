@@ -39,12 +39,14 @@ from ..core import (
     RunConfig,
     RunDir,
     TaskBatch,
+    TaskFamily,
     __version__,
     atomic_write,
+    batch_statistics_layers,
     rundir,
+    statistics_from_first,
     strict_json,
 )
-from ..core.nn import batch_statistics_layers, statistics_from_first
 from ..kernels import Adaptation, adaptation
 from .checkpoint import Checkpoint, load_checkpoint
 from .components import _DTYPES, Components, build_components, resolve_device
@@ -95,6 +97,16 @@ def load_run(
     return MetaModel(build_components(config, host), ckpt, files.path, checkpoint)
 
 
+class _IsRollouts:
+    """``TaskFamily.batch_source``'s answer to "are your tasks environments?"."""
+
+    def sampled(self, family: TaskFamily) -> bool:
+        return False
+
+    def rollouts(self, family: RolloutTaskFamily) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
 class _Task:
     """One task's support set, on the model's device: ``x`` (n, *input) and ``y``."""
@@ -110,7 +122,7 @@ class MetaModel:
         self, components: Components, ckpt: Checkpoint, run_dir: Path, checkpoint: str
     ) -> None:
         self.components = components
-        self.rollouts = isinstance(components.family, RolloutTaskFamily)
+        self.rollouts: bool = components.family.batch_source(_IsRollouts())
         """A reinforcement-learning run: adapt with ``adapt_to_task``, not ``adapt``."""
         self.run_dir = run_dir
         self.checkpoint = checkpoint

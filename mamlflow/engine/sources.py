@@ -28,8 +28,9 @@ from ..core import (
     TaskBatch,
     TaskFamily,
     TaskObjective,
+    batch_statistics_layers,
+    statistics_from_first,
 )
-from ..core.nn import batch_statistics_layers, statistics_from_first
 from ..kernels import make_adapt_curve
 from .rollouts import CollectedPolicyTerms, Rollouts
 

@@ -21,8 +21,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mamlflow.core import ConfigError, ModelConfig, ModelIO, ModelPlugin, hookimpl
-from mamlflow.core.nn import BatchStatistics
+from mamlflow.core import BatchStatistics, ConfigError, ModelConfig, ModelIO, ModelPlugin, hookimpl
 
 __all__ = ["Conv4", "Conv4Config"]
 
