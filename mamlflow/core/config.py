@@ -177,7 +177,8 @@ class InnerConfig(_Section):
 
 
 class KernelConfig(_Section):
-    """The ``kernel`` section: how the meta-step is computed (strategy, dtype, autocast)."""
+    """The ``kernel`` section: how the meta-step is computed (strategy, dtype, autocast,
+    threads)."""
 
     strategy: Literal[
         "auto", "loop", "batched", "compiled", "compiled-loop", "compiled-split", "cudagraphs"
@@ -194,6 +195,29 @@ class KernelConfig(_Section):
         "evaluation stay in kernel.dtype. Changes the numerics: see docs/results.md for its "
         "measured effect on speed and accuracy",
     )
+    threads: Literal["auto"] | int = Field(
+        "auto",
+        description="CPU intra-op threads: auto times the meta-step with one thread and with "
+        "every core (interleaved, median) on runs long enough to repay it, keeps the faster, "
+        "and measures again when live steps stay over twice as slow; N fixes it (so does "
+        "MAMLFLOW_THREADS=N)",
+    )
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        count = value
+        if isinstance(value, str) and value.strip().isdigit():
+            count = int(value)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise PydanticCustomError(
+                "threads",
+                "must be auto or a positive number of threads, got {value}",
+                {"value": repr(value)},
+            )
+        return count
 
 
 class EvalConfig(_Section):

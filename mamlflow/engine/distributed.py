@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..core import ConfigError, MamlflowError
 from .components import resolve_device
+from .threads import THREADS_ENV, fixed_threads, usable_cores
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -40,7 +41,6 @@ __all__ = [
 ]
 
 DIST_TIMEOUT_ENV = "MAMLFLOW_DIST_TIMEOUT"
-THREADS_ENV = "MAMLFLOW_THREADS"
 
 DEFAULT_TIMEOUT_S = 1800.0
 """How long a collective waits for the other processes before it gives up (seconds).
@@ -206,16 +206,8 @@ def threads_per_process(local_world_size: int) -> int:
     ``MAMLFLOW_THREADS=N`` overrides it. ``OMP_NUM_THREADS`` cannot, because torchrun sets it
     to 1 for every process whenever it is unset.
     """
-    raw = os.environ.get(THREADS_ENV)
-    if raw is not None:
-        if not raw.isdigit() or int(raw) < 1:
-            raise ConfigError([f"{THREADS_ENV}: {raw!r} is not a positive number of threads"])
-        return int(raw)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(local_world_size, 1))
+    fixed = fixed_threads("auto", max(local_world_size, 1))
+    return usable_cores() if fixed is None else fixed[0]
 
 
 def check_device(device: str | torch.device, local_world_size: int) -> torch.device:

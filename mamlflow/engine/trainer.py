@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from .host import PluginHost
 from .locking import remove_stale_temporaries, run_lock
 from .prefetch import Prefetcher
 from .resolution import ResolvedConfig, as_resolved, load_saved, save_resolved
+from .threads import THREADS_MIN_SECONDS, ThreadPlan, ThroughputWatch, plan_threads
 
 __all__ = ["Trainer"]
 
@@ -176,6 +177,8 @@ class Trainer:
         self._check_trainable()
         self.on_step = on_step
         self.selection: Selection | None = None
+        self.threads: ThreadPlan | None = None
+        self._watch: ThroughputWatch | None = None
         self._selecting = False
 
     def request_stop(self, reason: str = "interrupted") -> None:
@@ -388,14 +391,65 @@ class Trainer:
         # A compiled kernel compiles on its first call: a stop request abandons that too (one
         # process only: with several, every process must take part in the step's all_reduce).
         first_call = self._interruptible() if fresh and self.dist.world_size == 1 else nullcontext()
+        start = time.perf_counter()
         with first_call, plugin_code(self._step_who, "the meta-step", "train.meta_batch_size"):
             result = meta_step(run.params, run.learnables, support, query, scale)
+        seconds = time.perf_counter() - start
+        again = partial(meta_step, run.params, run.learnables, support, query, scale)
+        if fresh:
+            self._plan_threads(run, again, seconds)
+        elif self._watch is not None and self._watch.observe(seconds):
+            self._replan_threads(again, seconds)
         # Kept on the device, no sync: the first iteration whose meta-loss is not finite.
         bad = ~torch.isfinite(result.loss.detach())
         run.first_nonfinite = torch.where(
             bad & (run.first_nonfinite < 0), run.iteration, run.first_nonfinite
         )
         return result
+
+    def _plan_threads(self, run: _Run, step: Callable[[], object], first_s: float) -> None:
+        """Decide the CPU threads once the first step of a kind ran (and compiled).
+
+        Measuring costs a few steps, so it is done where the run's remaining eager time is at
+        least ``THREADS_MIN_SECONDS``; a fixed count (``kernel.threads``, ``MAMLFLOW_THREADS``,
+        several processes) is applied at once.
+        """
+        c, cfg = self.components, self.config
+        if self.threads is not None:
+            return
+        remaining = (cfg.train.iterations - run.iteration) * first_s
+        measure = cfg.kernel.threads != "auto" or remaining >= THREADS_MIN_SECONDS
+        if self.dist.world_size > 1 or not measure:
+            return
+        with self._interruptible():
+            self.threads = plan_threads(
+                cfg.kernel.threads, step, device=c.device, processes=self.dist.local_world_size
+            )
+        if self.dist.is_main:
+            log.info("threads: %d (%s)", self.threads.threads, self.threads.reason)
+        expected = self.threads.expected_seconds
+        if expected is not None:
+            self._watch = ThroughputWatch(expected)
+
+    def _replan_threads(self, step: Callable[[], object], live_s: float) -> None:
+        """Live steps stayed far slower than measured: the machine changed, measure again."""
+        assert self.threads is not None and self._watch is not None
+        before = self.threads
+        with self._interruptible():
+            self.threads = plan_threads(
+                self.config.kernel.threads, step, device=self.components.device
+            )
+        expected = self.threads.expected_seconds
+        if expected is not None:
+            self._watch.replanned(expected)
+        log.info(
+            "threads: %d -> %d after live steps of ~%.3g ms against the %.3g ms measured (%s)",
+            before.threads,
+            self.threads.threads,
+            live_s * 1e3,
+            (before.expected_seconds or 0.0) * 1e3,
+            self.threads.reason,
+        )
 
     def _update(self, run: _Run, batch: _Batch, result: StepResult) -> None:
         """The outer step on the summed meta-gradient."""

@@ -9,7 +9,9 @@ batching wins by far. So ``auto`` measures, like cuDNN's benchmark mode:
 2. if the run is long enough to repay a compile (``AUTO_COMPILE_MIN_SECONDS`` of eager time
    left), it compiles the winner's twins (``batched`` → ``compiled``, and ``cudagraphs`` on
    CUDA; ``loop`` → ``compiled-split`` and ``compiled-loop``) and times them too;
-3. it keeps the fastest candidate whose meta-gradient matches the loop's on the probe.
+3. it keeps the fastest candidate whose meta-gradient matches the loop's on the probe, after
+   timing it against the loop once more, the two interleaved, by the median (a choice made
+   from timings taken in different moments of a busy machine can be wrong).
 
 Matching is checked in float64, whatever the run's dtype: the probe is copied to float64 and the
 eager ``batched`` kernel is compared with the loop there, to ``PARITY_TOLERANCE`` (1e-9) of the
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -91,6 +94,8 @@ FLOAT32_PARITY_TOLERANCE = 1e-5
 conv nets' correct batched kernels (up to 1e-3) are refused, the safe direction."""
 
 TIE = 1.1
+CONFIRM_ROUNDS = 3
+"""Interleaved rounds of the chosen kernel and the loop that confirm a choice (``_confirm``)."""
 """A compiled candidate within this factor of the eager winner is still preferred: once warm its
 timings are the steadier, and probe timings are noisy."""
 
@@ -230,6 +235,13 @@ def _seconds_per_step(
     return best
 
 
+def _time_once(strategy: Strategy, step: MetaStep, probe: Probe, scale: Tensor | float) -> float:
+    """Seconds of one call of an already warm ``step``."""
+    start = time.perf_counter()
+    _sync(step(*probe, scale))
+    return time.perf_counter() - start
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms"
 
@@ -341,6 +353,8 @@ def select_meta_step(
         if "batched" in strategies:
             candidates.measure("batched")
     chosen, reason = _choose(candidates, strategies, remaining_iterations, time_left)
+    if chosen != "loop" and not cached:
+        chosen, reason = _confirm(candidates, chosen, reason)
     if cached:
         reason = f"cached: {reason}"
     return Selection(chosen, candidates.step(chosen), reason, dict(measured.seconds))
@@ -534,6 +548,27 @@ class _Candidates:
 def _like(tree: Mapping[str, Tensor], like: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``tree``'s tensors in the dtypes of ``like``'s (a float64 reference for a float32 run)."""
     return {k: v.to(like[k].dtype) if k in like else v for k, v in tree.items()}
+
+
+def _confirm(candidates: _Candidates, chosen: Strategy, reason: str) -> tuple[Strategy, str]:
+    """``chosen`` against the loop once more, the two interleaved, by the median.
+
+    Each candidate was timed on its own, one after the other; on a machine whose load comes and
+    goes, a kernel timed in a quiet moment can look faster than a loop timed in a busy one.
+    Interleaving puts both in the same moments.
+    """
+    steps = {name: candidates.step(name) for name in (chosen, "loop")}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(CONFIRM_ROUNDS):
+        for name, step in steps.items():
+            times[name].append(_time_once(name, step, candidates.probe, candidates.unit))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    if median[chosen] <= median["loop"]:
+        return chosen, reason
+    return "loop", (
+        f"{reason}; but interleaved with the loop {chosen} took {_ms(median[chosen])} against "
+        f"{_ms(median['loop'])}: loop"
+    )
 
 
 def _fastest(pool: Mapping[str, float]) -> Strategy:
