@@ -52,7 +52,9 @@ def render(report: dict[str, Any]) -> str:
     for rep in reports:
         by_name = {r["strategy"]: r for r in rep["results"]}
         compiles = [r["compile_s"] for r in rep["results"] if r["compile_s"]]
-        span = f"{min(compiles):.0f}–{max(compiles):.0f}" if compiles else "—"
+        span = "—" if not compiles else f"{min(compiles):.0f}"
+        if compiles and f"{max(compiles):.0f}" != span:
+            span += f"–{max(compiles):.0f}"
         auto = rep["auto"]["strategy"] if rep.get("auto") else "not asked"
         cells = [rep["order"], *(_cell(by_name.get(s)) for s in present), span, f"`{auto}`"]
         lines.append("| " + " | ".join(cells) + " |")

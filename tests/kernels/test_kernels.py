@@ -400,9 +400,13 @@ def _probe(problem: Problem, adapter: Adapter) -> tuple[Params, Params, Params, 
 
 
 def _choose(
-    requested: str, remaining: int, time_left: float | None = None, signature: object = None
+    requested: str,
+    remaining: int,
+    time_left: float | None = None,
+    signature: object = None,
+    dtype: torch.dtype = torch.float64,
 ) -> Selection:
-    problem, adapter = _problem(), sgd(INNER_LR)
+    problem, adapter = _problem(dtype), sgd(INNER_LR)
     return select_meta_step(
         requested,
         problem.objective,
@@ -592,6 +596,46 @@ def test_auto_falls_back_when_compiled_disagrees(monkeypatch: pytest.MonkeyPatch
     selection = _choose("auto", LONG)
     assert selection.strategy == "batched"
     assert "compiled meta-gradient disagrees with the loop" in selection.reason
+
+
+def _off_in(dtypes: tuple[torch.dtype, ...], seen: list[torch.dtype]) -> Callable[..., StepResult]:
+    """A compiled kernel whose meta-gradient is 1% off in ``dtypes``, right otherwise; ``seen``
+    collects the dtype of every call."""
+
+    def kernel(eager: Callable[..., StepResult], *args: object) -> StepResult:
+        r = eager(*args)
+        dtype = next(iter(r.grads.values())).dtype
+        seen.append(dtype)
+        if dtype not in dtypes:
+            return r
+        return StepResult(r.loss, {k: v * 1.01 for k, v in r.grads.items()}, r.learnable_grads)
+
+    return kernel
+
+
+@pytest.mark.parametrize(
+    ("off_in", "float32_decides", "kept"),
+    [
+        # float32 cannot decide (the loop itself is that far off in float32): float64 does.
+        ((torch.float32,), False, True),
+        ((torch.float32, torch.float64), False, False),
+        # float32 decides: a float32 disagreement is the kernel's, no float64 compile is tried.
+        ((torch.float32,), True, False),
+    ],
+)
+def test_auto_checks_a_compiled_kernel_in_float64_where_float32_cannot_decide(
+    monkeypatch: pytest.MonkeyPatch,
+    off_in: tuple[torch.dtype, ...],
+    float32_decides: bool,
+    kept: bool,
+) -> None:
+    seen: list[torch.dtype] = []
+    _fake_compiled(monkeypatch, _off_in(off_in, seen))
+    _timings(monkeypatch, loop=6.0, batched=1.0, compiled=0.1)
+    monkeypatch.setattr(_select._Candidates, "_float32_decides", lambda self: float32_decides)
+    selection = _choose("auto", LONG, dtype=torch.float32)  # a float32 run, as most are
+    assert selection.strategy == ("compiled" if kept else "batched"), selection.reason
+    assert (torch.float64 in seen) == (not float32_decides)  # the second compile, if needed
 
 
 def test_auto_drops_a_batched_kernel_that_disagrees_with_the_loop(
