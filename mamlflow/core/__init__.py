@@ -51,6 +51,7 @@ from .hookspecs import hookimpl as hookimpl
 from .inputs import IMAGE_SUFFIXES as IMAGE_SUFFIXES
 from .inputs import ImageInputs as ImageInputs
 from .inputs import image_files as image_files
+from .inputs import looks_like_html as looks_like_html
 from .learner import Learner as Learner
 from .learner import ModelPlugin as ModelPlugin
 from .metastep import STRATEGIES as STRATEGIES
@@ -169,6 +170,7 @@ __all__ = [
     "hookspecs",
     "image_files",
     "linear_baseline",
+    "looks_like_html",
     "per_task",
     "policy_gradient_loss",
     "policy_kl",

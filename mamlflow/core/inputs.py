@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["IMAGE_SUFFIXES", "ImageInputs", "image_files"]
+__all__ = ["IMAGE_SUFFIXES", "ImageInputs", "image_files", "looks_like_html"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 """The files read as images (case-insensitive), by ``imagefolder`` and by ``metaflow adapt``."""
@@ -81,3 +81,12 @@ def image_files(folder: Path) -> tuple[Path, ...]:
             if not file.startswith(".") and Path(file).suffix.lower() in IMAGE_SUFFIXES:
                 found.append(Path(root, file))
     return tuple(found)
+
+
+_HTML_MARKERS = (b"<!doctype", b"<html", b"<head", b"<?xml")
+
+
+def looks_like_html(data: bytes) -> bool:
+    """Whether ``data`` (a file's first bytes will do) is a web page: a login, quota or error
+    page saved under a data file's name, the commonest failed download."""
+    return data[:512].lstrip().lower().startswith(_HTML_MARKERS)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import DataError, ImageInputs, image_files
+from ..core import DataError, ImageInputs, image_files, looks_like_html
 
 __all__ = [
     "ClassFolder",
@@ -26,8 +26,6 @@ __all__ = [
     "read_images",
     "read_table",
 ]
-
-_HTML = (b"<!doctype", b"<html", b"<head", b"<?xml")
 
 
 def read_images(paths: Sequence[Path], spec: ImageInputs) -> Tensor:
@@ -41,7 +39,7 @@ def read_images(paths: Sequence[Path], spec: ImageInputs) -> Tensor:
             data = Path(path).read_bytes()
         except OSError as error:
             raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
-        if data[:512].lstrip().lower().startswith(_HTML):
+        if looks_like_html(data):
             raise DataError(f"{path}: is an HTML page, not an image; replace it with the image")
         try:
             with Image.open(io.BytesIO(data)) as image:

@@ -26,7 +26,7 @@ from typing import Any, final
 
 import numpy as np
 
-from mamlflow.core import DataError, atomic_write
+from mamlflow.core import DataError, atomic_write, looks_like_html
 
 __all__ = [
     "DATA_ENV",
@@ -56,7 +56,6 @@ DATA_ENV = "MAMLFLOW_DATA"
 Fetch = Callable[[str, Path], None]
 """Writes the body at a URL into a file; raises ``OSError`` (or ``HTTPException``) on failure."""
 
-_HTML_MARKERS = (b"<!doctype", b"<html", b"<head", b"<?xml")
 _CACHE_FORMAT = 1  # bump when the sidecar's fields change
 
 
@@ -152,7 +151,7 @@ def _zip_problem(path: Path) -> str | None:
         return f"cannot be read ({one_line(err)})"
     if size == 0:
         return "is empty (0 bytes)"
-    if any(head.startswith(marker) for marker in _HTML_MARKERS):
+    if looks_like_html(head):
         # A captive portal, a login page or an HTTP error page saved under the zip's name.
         return "is an HTML page, not a zip"
     try:

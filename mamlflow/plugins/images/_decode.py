@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mamlflow.core import looks_like_html
 from mamlflow.plugins._imagedata import one_line
 
 from ._source import ImageData
@@ -20,8 +21,6 @@ __all__ = ["RESAMPLE", "decode_chunk"]
 
 RESAMPLE = "lanczos"
 """Pillow's filter for the square resize (Ravi & Larochelle's MiniImagenet script uses it too)."""
-
-_HTML_MARKERS = (b"<!doctype", b"<html", b"<head", b"<?xml")
 
 
 def _image(data: ImageData) -> object:
@@ -35,7 +34,7 @@ def _image(data: ImageData) -> object:
         return Image.fromarray(array)
     if not data:
         return "is empty (0 bytes)"
-    if data[:512].lstrip().lower().startswith(_HTML_MARKERS):
+    if looks_like_html(data):
         # A login or error page saved under an image's name (a failed download).
         return "is an HTML page, not an image"
     image = Image.open(io.BytesIO(data))
