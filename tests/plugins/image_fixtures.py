@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
-__all__ = ["write_classes", "write_image", "write_split_folders"]
+from mamlflow.cli import main
+
+__all__ = ["cli_run_and_eval", "write_classes", "write_image", "write_split_folders"]
 
 
 def write_image(path: Path, seed: int, size: tuple[int, int] = (12, 10), fmt: str = "PNG") -> None:
@@ -32,3 +37,21 @@ def write_split_folders(root: Path, counts: Mapping[str, Mapping[str, int]]) -> 
     """``root/<split>/<class>/<image>`` for each split's classes."""
     for s, (split, classes) in enumerate(counts.items()):
         write_classes(root / split, classes, seed=s + 1)
+
+
+def cli_run_and_eval(
+    preset: str, run_dir: Path, sets: list[str], capsys: pytest.CaptureFixture[str]
+) -> dict[str, Any]:
+    """``metaflow run --plugin preset --out run_dir --set …`` then ``metaflow eval --json``,
+    both through the real app, each exiting 0; eval's JSON object."""
+    args = ["run", "--plugin", preset, "--out", str(run_dir)]
+    for item in sets:
+        args += ["--set", item]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code in (0, None)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["eval", str(run_dir), "--json", "--no-plots"])
+    assert done.value.code in (0, None)
+    return json.loads(capsys.readouterr().out)

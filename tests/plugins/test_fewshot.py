@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from mamlflow.cli import main
 from mamlflow.core import DataError
 from mamlflow.engine import PluginHost, resolve
 from mamlflow.plugins import fewshot
 from mamlflow.plugins.fewshot import _checks, _cifar, _cub, _mini, _splits, _tiered
 
 from . import fewshot_fixtures as fx
+from .image_fixtures import cli_run_and_eval
 
 SPLITS = fx.SPLITS
 
@@ -263,17 +263,7 @@ def test_metaflow_run_and_eval_miniimagenet_from_mamlflow_data(
         "eval.steps=1",
         "kernel.strategy=loop",
     ]
-    args = ["run", "--plugin", "miniimagenet", "--out", str(run_dir)]
-    for item in sets:
-        args += ["--set", item]
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    assert done.value.code in (0, None)
+    result = cli_run_and_eval("miniimagenet", run_dir, sets, capsys)
     manifest = json.loads((run_dir / "task.json").read_text())
     assert manifest["classes"]["test"] == fx.wnids("test")
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main(["eval", str(run_dir), "--json", "--no-plots"])
-    assert done.value.code in (0, None)
-    result = json.loads(capsys.readouterr().out)
     assert result["metric"] == "accuracy" and result["tasks"] == 4

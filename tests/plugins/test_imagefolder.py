@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from mamlflow.cli import main
 from mamlflow.core import DataError, TaskBatch, hookimpl
 from mamlflow.engine import PluginHost, Trainer, resolve
 from mamlflow.plugins.images import ImageFamily, ImageFolder, ImageFolderConfig
 
-from .image_fixtures import write_classes, write_image, write_split_folders
+from .image_fixtures import cli_run_and_eval, write_classes, write_image, write_split_folders
 
 FLAT = {f"class{i:02d}": 8 + i % 3 for i in range(15)}
 SPLIT = {"train_classes": 5, "val_classes": 5}  # of 15 classes: 5 per split
@@ -318,21 +317,11 @@ def test_run_and_eval_through_the_cli(
         "inner.steps=1",
         "kernel.strategy=loop",
     ]
-    args = ["run", "--plugin", "imagefolder", "--out", str(run_dir)]
-    for item in sets:
-        args += ["--set", item]
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    assert done.value.code in (0, None)
+    result = cli_run_and_eval("imagefolder", run_dir, sets, capsys)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "val_accuracy" in records[-1]
     manifest = json.loads((run_dir / "task.json").read_text())
     assert [len(manifest["classes"][s]) for s in ("train", "val", "test")] == [5, 5, 5]
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main(["eval", str(run_dir), "--json", "--no-plots"])
-    assert done.value.code in (0, None)
-    result = json.loads(capsys.readouterr().out)
     assert result["metric"] == "accuracy" and result["tasks"] == 4
 
 
