@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import traceback
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from mamlflow.core import CheckpointError, rundir
 from mamlflow.engine import (
@@ -257,7 +261,7 @@ def test_a_stop_while_a_kernel_compiles_abandons_it_and_takes_no_step(
     import os
     import signal
     import time
-    from typing import Any, ClassVar
+    from typing import ClassVar
 
     from mamlflow.core import MetaStep, hookimpl
     from mamlflow.plugins.maml import MAML
@@ -301,3 +305,83 @@ def test_a_stop_while_a_kernel_compiles_abandons_it_and_takes_no_step(
     assert took < 30 and summary.stopped_by == "interrupted" and summary.iteration == 0
     checkpoint = load_checkpoint(tmp_path)
     assert checkpoint.iteration == 0 and checkpoint.strategy == "batched"
+
+
+_HOST_READS = frozenset(
+    {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"}
+)
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts, per iteration, the calls that read a tensor's value back into Python.
+
+    On a GPU each one waits for every queued kernel (a host sync). Torch's own optimizers read
+    their step counters, which torch keeps on the host by design (``capturable=False``), so reads
+    made inside ``torch.optim`` are not counted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.iteration = 1
+        self.by_iteration: dict[int, list[str]] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name in _HOST_READS:
+            where = traceback.extract_stack(limit=3)[0]
+            if f"torch{os.sep}optim{os.sep}" not in where.filename:
+                self.by_iteration.setdefault(self.iteration, []).append(
+                    f"{name} at {Path(where.filename).name}:{where.lineno}"
+                )
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "mamlpp", "metasgd"])
+def test_steps_between_records_read_nothing_back_from_the_device(
+    host: PluginHost, tmp_path: Path, algorithm: str
+) -> None:
+    # The loss, the non-finite check and the metrics stay on the device; they are read once per
+    # metrics record (log_every, validation) and at the end, so a GPU never waits on the host
+    # between records. The first step of each kind (MAML++ turns second order and changes its
+    # step weights on the way) is allowed its reads: it selects and checks that kind's kernel.
+    cfg = _config(
+        host,
+        f"algorithm.name={algorithm}",
+        "train.iterations=12",
+        "train.log_every=4",
+        "train.val_every=6",
+        "train.checkpoint_every=100",
+        "train.val_tasks=5",
+    )
+    reads = _HostReads()
+
+    def next_iteration(iteration: int, _record: object) -> None:
+        reads.iteration = iteration + 1
+
+    trainer = Trainer(cfg, tmp_path / "run", host, on_step=next_iteration)
+    with reads:
+        trainer.fit()
+    records = {4, 6, 8, 12, 13}  # 13: the final checkpoint and summary, after the last step
+    quiet = {
+        i: r
+        for i, r in reads.by_iteration.items()
+        if i not in records and i not in _first_steps_of_each_kind(trainer)
+    }
+    assert quiet == {}, f"host reads between metrics records: {quiet}"
+    # The counter does see reads: every record reads the accumulated loss.
+    assert all(reads.by_iteration.get(i) for i in (4, 8, 12))
+
+
+def _first_steps_of_each_kind(trainer: Trainer) -> set[int]:
+    """The 1-based steps at which a run meets a (first order, step weights) kind it has not."""
+    cfg, algorithm = trainer.config, trainer.components.algorithm
+    total, seen, firsts = cfg.train.iterations, set(), set()
+    for i in range(total):
+        kind = (
+            algorithm.first_order(cfg.inner, i, total),
+            algorithm.step_weights(cfg.inner, i, total) is not None,
+        )
+        if kind not in seen:
+            seen.add(kind)
+            firsts.add(i + 1)
+    return firsts
