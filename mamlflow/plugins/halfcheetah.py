@@ -13,15 +13,14 @@ when the plugin loads, so listing plugins works without them.
 
 from __future__ import annotations
 
-import warnings
+import os
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from mamlflow.core import (
@@ -38,17 +37,18 @@ from mamlflow.core import (
     rng,
 )
 
-if TYPE_CHECKING:
-    from gymnasium import Env
-    from gymnasium.vector import SyncVectorEnv
+from ._envblocks import EnvBlocks, EnvsHere, make_env
 
 __all__ = [
     "HALFCHEETAH_PRESETS",
+    "EnvBlocks",
+    "EnvsHere",
     "HalfCheetahConfig",
     "HalfCheetahDir",
     "HalfCheetahVel",
     "HalfCheetahVelConfig",
     "env_seed",
+    "make_env",
 ]
 
 _GOAL_STREAM = 0xC4EE
@@ -57,6 +57,8 @@ _ENV_ID = "HalfCheetah-v5"
 _X_VELOCITY = 8
 """Index of the root's x velocity (``qvel[0]``) in v5's observation, which drops ``qpos[0]``."""
 _INSTALL = 'pip install "mamlflow[mujoco]"'
+_DT = 0.05
+"""Seconds per environment step: HalfCheetah-v5's frame skip 5 × MuJoCo's 0.01 s time step."""
 
 
 class HalfCheetahConfig(RolloutConfig):
@@ -64,6 +66,19 @@ class HalfCheetahConfig(RolloutConfig):
     ctrl_cost: float = Field(
         0.05, ge=0, description="weight of ‖a‖² in the reward (the paper's; gymnasium's v5: 0.1)"
     )
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="processes that step the environments (1: this process); auto: one per "
+        "usable core, shared among torchrun's local processes. Trajectories are the same for "
+        "any count",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if value != "auto" and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"workers must be auto or a count ≥ 1, got {value!r}")
+        return value
 
 
 class HalfCheetahVelConfig(HalfCheetahConfig):
@@ -110,38 +125,35 @@ class _HalfCheetah(RolloutTaskFamily):
     def __init__(self, config: HalfCheetahConfig) -> None:
         super().__init__(config)
         self._gym = _import_gymnasium(self.name)
-        self._pool: list[Env] = []
-        self._envs: SyncVectorEnv | None = None
+        self._envs: EnvsHere | EnvBlocks | None = None
+        self._bounds: tuple[np.ndarray, np.ndarray] = (np.empty(0), np.empty(0))
 
     @abstractmethod
     def _task_reward(self, info: dict[str, Tensor], x_velocity: Tensor) -> Tensor:
         """The task's reward term for ``x_velocity (tasks, traj, T)``, before the control cost."""
 
-    def _vector_env(self, count: int) -> SyncVectorEnv:
-        """``count`` environments stepped as one; kept while the count stays the same."""
-        if self._envs is not None and self._envs.num_envs == count:
-            return self._envs
-        gym = self._gym
-        # Environments outlive vector envs: a change of count (the last, smaller evaluation
-        # batch) rewraps the ones already built instead of loading the model again.
-        with _quiet_mujoco():
-            while len(self._pool) < count:
-                self._pool.append(
-                    gym.make(
-                        _ENV_ID,
-                        # gymnasium's TimeLimit then agrees with the horizon: it never ends
-                        # an episode before the last step, and nothing steps after it.
-                        max_episode_steps=self.config.horizon,
-                        disable_env_checker=True,
-                    )
-                )
-        self._envs = gym.vector.SyncVectorEnv(
-            [lambda env=env: env for env in self._pool[:count]],
-            # No autoreset: stepping an environment past its horizon fails instead of silently
-            # starting a new episode inside the trajectory.
-            autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-        )
+    def _environments(self) -> EnvsHere | EnvBlocks:
+        """This process's environments, or ``task.workers`` processes' (kept between calls)."""
+        if self._envs is None:
+            probe = make_env(_ENV_ID, self.config.horizon)
+            act = probe.action_space
+            self._bounds = (act.low, act.high)
+            workers = self.workers
+            if workers == 1:
+                self._envs = EnvsHere(_ENV_ID, self.config.horizon, keep=probe)
+            else:
+                spaces = (probe.observation_space.shape[0], act.low, act.high)
+                self._envs = EnvBlocks(_ENV_ID, self.config.horizon, workers, spaces)
         return self._envs
+
+    @property
+    def workers(self) -> int:
+        """Processes that step the environments: ``task.workers``, or one per usable core,
+        shared among the local processes of a torchrun launch."""
+        if self.config.workers != "auto":
+            return self.config.workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     def simulate(
         self, info: dict[str, Tensor], act: Policy, trajectories: int, keys: Tensor
@@ -149,21 +161,21 @@ class _HalfCheetah(RolloutTaskFamily):
         cfg = self.config
         ref = next(iter(info.values()))
         tasks, dtype, device = ref.shape[0], ref.dtype, ref.device
-        envs = self._vector_env(tasks * trajectories)
+        envs = self._environments()
         seeds = [env_seed(key, j) for key in keys.tolist() for j in range(trajectories)]
-        observation, _ = envs.reset(seed=seeds)
-        space = envs.single_action_space
+        observation = envs.reset(seeds)
+        low, high = self._bounds
         obs, actions, velocities, clipped = [], [], [], []
         for t in range(cfg.horizon):
             o = torch.as_tensor(observation, dtype=dtype, device=device)
             o = o.view(tasks, trajectories, self.obs_dim)
             a = act(o, t)
             a_np = a.detach().cpu().double().numpy().reshape(tasks * trajectories, self.act_dim)
-            a_np = np.clip(a_np, space.low, space.high)
-            observation, _, _, _, step_info = envs.step(a_np)
+            a_np = np.clip(a_np, low, high)
+            observation, x_velocity = envs.step(a_np)
             obs.append(o)
             actions.append(a)
-            velocities.append(step_info["x_velocity"])
+            velocities.append(x_velocity)
             clipped.append(a_np)
         shape = (tasks, trajectories, cfg.horizon)
         x_velocity = torch.as_tensor(np.stack(velocities, 1)).view(shape)
@@ -190,7 +202,7 @@ class _HalfCheetah(RolloutTaskFamily):
             label: d["obs"][..., _X_VELOCITY].double().mean(1).cpu() for label, d in data.items()
         }
         fig, axes = plt.subplots(1, shown, figsize=(3.2 * shown, 3.0), squeeze=False)
-        time = np.arange(self.config.horizon) * self._pool[0].unwrapped.dt
+        time = np.arange(self.config.horizon) * _DT
         for i, ax in enumerate(axes[0]):
             for label, color in (("before", "C0"), ("after", "C1")):
                 ax.plot(time, speeds[label][i], color=color, label=f"{label} adaptation")
@@ -212,28 +224,6 @@ class _HalfCheetah(RolloutTaskFamily):
     @abstractmethod
     def _goal(self, info: dict[str, Tensor], task: int) -> tuple[str, float | None]:
         """Task ``task``'s goal as the plot's panel title, and a velocity to draw (if any)."""
-
-
-@contextmanager
-def _quiet_mujoco() -> Iterator[None]:
-    """Swallow MuJoCo's deprecation of ``settotalmass``, which v5's model file still uses.
-
-    Recent MuJoCo (4.0 here) prints it and appends it to ``MUJOCO_LOG.TXT`` in the working
-    directory for every environment built, hundreds per run; any other MuJoCo warning is
-    re-raised as a Python one.
-    """
-    import mujoco
-
-    previous = mujoco.get_mju_user_warning()
-    caught: list[str] = []
-    mujoco.set_mju_user_warning(caught.append)
-    try:
-        yield
-    finally:
-        mujoco.set_mju_user_warning(previous)
-        for message in caught:
-            if "settotalmass" not in message:
-                warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=3)
 
 
 def _uniform_tasks(seed: int, split: Split, iteration: int, task_indices: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ import torch
 from mamlflow.core import (
     ConfigError,
     ModelIO,
+    TaskBatch,
     per_task,
 )
 from mamlflow.engine import (
@@ -20,6 +21,7 @@ from mamlflow.engine import (
     Trainer,
     resolve,
 )
+from mamlflow.engine.rollouts import HVP_CHUNK_ROWS, tasks_per_chunk
 from mamlflow.kernels import make_meta_step, make_policy_terms
 from tests.navigation import (
     navigation_components,
@@ -147,3 +149,46 @@ def test_evaluation_collects_fresh_trajectories_per_step_and_scales_later_steps(
             }
         for n in params:
             torch.testing.assert_close(curve.adapted[n][i], current[n])
+
+
+def test_policy_terms_in_chunks_of_tasks_sum_to_the_whole(host: PluginHost) -> None:
+    # On a CPU TRPO's terms run over chunks of whole tasks (cache-sized); every sum must be the
+    # one over the whole meta-batch, chunks of uneven size included.
+    c = navigation_components(host, "kernel.dtype=float64")
+    rollouts, params, learnables, batch = navigation_meta_batch(c, tasks=5)
+    whole = CollectedPolicyTerms(
+        rollouts, (params, learnables), batch, meta_batch_size=5, first_order=False
+    )
+    chunked = CollectedPolicyTerms(
+        rollouts, (params, learnables), batch, meta_batch_size=5, first_order=False
+    )
+    assert whole.chunk_tasks == 5  # the small test batch fits one chunk
+    chunked.chunk_tasks = 2  # 2 + 2 + 1
+    gen = torch.Generator().manual_seed(7)
+    v = [torch.randn(x.shape, generator=gen, dtype=x.dtype) for x in params.values()]
+    for a, b in zip(chunked.hvp(v), whole.hvp(v), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    with torch.no_grad():  # away from the collecting parameters, where the KL is not 0
+        for p in params.values():
+            p.mul_(1.01)
+    got, want = chunked.loss_kl(), whole.loss_kl()
+    assert got.kl > 0
+    assert got.loss == pytest.approx(want.loss, rel=1e-12)
+    assert got.kl == pytest.approx(want.kl, rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("preset_shape", "tasks", "per_chunk"),
+    [((20, 100), 20, 4), ((20, 200), 40, 2), ((5, 20), 3, 3), ((100, 200), 4, 1)],
+)
+def test_chunks_hold_about_hvp_chunk_rows_time_steps(
+    preset_shape: tuple[int, int], tasks: int, per_chunk: int
+) -> None:
+    # The paper's navigation (20 trajectories × 100 steps) and HalfCheetah (20 × 200) meta-batches,
+    # a small one, and tasks longer than a chunk (one task each).
+    mask = torch.ones(tasks, *preset_shape)
+    batch = TaskBatch({"mask": mask}, {"mask": mask}, torch.arange(tasks), {})
+    assert tasks_per_chunk(batch) == per_chunk
+    assert tasks_per_chunk(batch) * preset_shape[0] * preset_shape[1] <= max(
+        HVP_CHUNK_ROWS, preset_shape[0] * preset_shape[1]
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,22 +19,25 @@ import gymnasium
 
 from mamlflow.engine import PluginHost, Trainer, evaluate, load_checkpoint, resolve
 from mamlflow.plugins.halfcheetah import (
+    EnvBlocks,
     HalfCheetahConfig,
     HalfCheetahDir,
     HalfCheetahVel,
     HalfCheetahVelConfig,
-    _quiet_mujoco,
     env_seed,
+    make_env,
 )
 
 HORIZON = 30
 
 
 def _vel(**options: object) -> HalfCheetahVel:
+    options.setdefault("workers", 1)
     return HalfCheetahVel(HalfCheetahVelConfig(name="halfcheetah-vel", **options))
 
 
 def _dir(**options: object) -> HalfCheetahDir:
+    options.setdefault("workers", 1)
     return HalfCheetahDir(HalfCheetahConfig(name="halfcheetah-dir", **options))
 
 
@@ -87,8 +91,7 @@ def test_simulate_matches_one_gymnasium_env_stepped_by_hand() -> None:
     # The trajectory keeps what the policy sampled (its log-prob is of those), not the clip.
     assert float(data["actions"].abs().max()) > 1.0
 
-    with _quiet_mujoco():  # nor does the twin write MUJOCO_LOG.TXT into the working directory
-        env = gymnasium.make("HalfCheetah-v5", max_episode_steps=HORIZON)
+    env = make_env("HalfCheetah-v5", HORIZON)  # quiet: no MUJOCO_LOG.TXT in the working dir
     task, trajectory = 1, 1
     observation, _ = env.reset(seed=env_seed(int(keys[task]), trajectory))
     for t in range(HORIZON):
@@ -138,8 +141,38 @@ def test_simulate_is_deterministic_per_key_and_reuses_its_environments() -> None
     assert torch.equal(moved["obs"][:2], first["obs"][:2])  # each task only by its own key
     assert not torch.equal(moved["obs"][2, :, 0], start[2])
     fewer = fam.simulate({"goal_vel": info["goal_vel"][:1]}, _policy, 2, keys[:1])
-    assert fam._envs.num_envs == 2
+    assert fam._envs._vector.num_envs == 2
     assert torch.equal(fewer["obs"], first["obs"][:1])
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_collect_bitwise_what_one_process_does(workers: int) -> None:
+    """Blocks of environments in worker processes: the same trajectories, whatever the count,
+    including a count that does not divide the environments and a batch that outgrows them."""
+    one, many = _vel(horizon=12), _vel(horizon=12, workers=workers)
+    info = {"goal_vel": torch.tensor([0.5, 1.5, 1.0])}
+    keys = torch.tensor([1, 2, 3])
+    try:
+        for tasks, trajectories in ((3, 2), (1, 1), (3, 3)):
+            part = {"goal_vel": info["goal_vel"][:tasks]}
+            want = one.simulate(part, _policy, trajectories, keys[:tasks])
+            got = many.simulate(part, _policy, trajectories, keys[:tasks])
+            for name in want:
+                assert torch.equal(got[name], want[name]), (tasks, trajectories, name)
+        assert isinstance(many._envs, EnvBlocks) and many._envs.workers == workers
+    finally:
+        many._envs.close()
+
+
+def test_workers_default_to_the_usable_cores_shared_among_local_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert _vel(workers="auto").workers == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 2))
+    assert _vel(workers="auto").workers == 1
+    with pytest.raises(ValueError, match="workers must be auto or a count"):
+        _vel(workers=0)
 
 
 @pytest.mark.parametrize("preset", ["halfcheetah-vel", "halfcheetah-dir"])
