@@ -29,7 +29,14 @@ from mamlflow.core import (
 )
 from mamlflow.plugins.optimizers import Beta
 
-__all__ = ["PPO", "TRPO", "PPOConfig", "TRPOConfig", "conjugate_gradient"]
+__all__ = [
+    "PPO",
+    "TRPO",
+    "PPOConfig",
+    "TRPOConfig",
+    "conjugate_gradient",
+    "conjugate_gradient_and_product",
+]
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
@@ -43,7 +50,24 @@ def conjugate_gradient(
     tolerance: float = 1e-10,
 ) -> list[Tensor]:
     """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given as ``matvec``."""
+    return conjugate_gradient_and_product(matvec, b, iterations, tolerance)[0]
+
+
+def conjugate_gradient_and_product(
+    matvec: Callable[[list[Tensor]], list[Tensor]],
+    b: Sequence[Tensor],
+    iterations: int,
+    tolerance: float = 1e-10,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``conjugate_gradient``'s ``x`` and ``A x``, without another product.
+
+    ``x = Σ αᵢ pᵢ``, so ``A x = Σ αᵢ (A pᵢ)`` from the products the iterations made anyway:
+    linear in them, whatever the search directions' loss of conjugacy, so it equals
+    ``matvec(x)`` up to the rounding of the sum. TRPO needs ``xᵀ A x`` for its step size; this
+    saves one of its eleven Hessian-vector products.
+    """
     x = [torch.zeros_like(t) for t in b]
+    ax = [torch.zeros_like(t) for t in b]
     r = [t.clone() for t in b]
     p = [t.clone() for t in b]
     rr = _dot(r, r)
@@ -53,11 +77,12 @@ def conjugate_gradient(
         ap = matvec(p)
         alpha = rr / _dot(p, ap)
         x = [xi + alpha * pi for xi, pi in zip(x, p, strict=True)]
+        ax = [axi + alpha * api for axi, api in zip(ax, ap, strict=True)]
         r = [ri - alpha * api for ri, api in zip(r, ap, strict=True)]
         rr_new = _dot(r, r)
         p = [ri + (rr_new / rr) * pi for ri, pi in zip(r, p, strict=True)]
         rr = rr_new
-    return x
+    return x, ax
 
 
 class TRPOConfig(OuterConfig):
@@ -113,8 +138,10 @@ class TRPO(PolicyOuterOptimizer):
             return [h + damping * vi for h, vi in zip(hv, v, strict=True)]
 
         try:
-            direction = conjugate_gradient(fisher, grads, self.config.cg_iterations)
-            curvature = float(_dot(direction, fisher(direction)))
+            direction, product = conjugate_gradient_and_product(
+                fisher, grads, self.config.cg_iterations
+            )
+            curvature = float(_dot(direction, product))
             old_loss = terms.loss_kl().loss
             if not math.isfinite(curvature) or curvature <= 0:
                 # A flat or broken trust region: leave θ as it is this step.
