@@ -9,14 +9,16 @@ products and the line search) and *rest* (mostly the meta-gradient). The first i
 reported apart (it builds environments and worker processes); the table gives the median of
 the others.
 
-``--baseline REV`` first runs the same variants with mamlflow as it was at git revision REV
+``--baseline REV`` first runs the same variants (or ``--baseline-variant``s, for options REV
+did not have) with mamlflow as it was at git revision REV
 (a temporary worktree on ``PYTHONPATH``, in a fresh interpreter), so "before" and "after" are
 measured in one run on one machine. The report compares every run's first collected
 trajectories (bitwise) and final parameters (largest difference relative to the largest entry)
 with the first run's.
 
     python benchmarks/rl_iteration.py --preset halfcheetah-vel --iterations 3 --baseline b7ee67f \
-        --variant "one process:task.workers=1" --variant "workers:task.workers=auto" \
+        --baseline-variant "before:" --variant "one process:task.workers=1" \
+        --variant "workers:task.workers=auto" \
         --json docs/results/rl_iteration_halfcheetah.json
 """
 
@@ -125,13 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", help="LABEL:KEY=V[,KEY=V...] (default: one)")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant")
     p.add_argument("--baseline", help="a git revision to measure first, for comparison")
+    p.add_argument(
+        "--baseline-variant",
+        action="append",
+        help="the baseline's variants, where --variant's keys did not exist yet (default: those)",
+    )
     p.add_argument("--json", help="write the report here")
     p.add_argument("--raw", help=argparse.SUPPRESS)  # a baseline child's output file
     args = p.parse_args(argv)
     variants = args.variant or ["this:"]
     runs: dict[str, Any] = {}
     if args.baseline:
-        runs.update(_baseline(args, variants))
+        runs.update(_baseline(args, args.baseline_variant or variants))
     with tempfile.TemporaryDirectory() as tmp:
         for i, variant in enumerate(variants):
             label, _, sets = variant.partition(":")
