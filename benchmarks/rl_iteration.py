@@ -122,7 +122,7 @@ def run_variant(preset: str, iterations: int, sets: list[str], out: Path) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", required=True)
+    p.add_argument("--preset")
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--variant", action="append", help="LABEL:KEY=V[,KEY=V...] (default: one)")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant")
@@ -134,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", help="write the report here")
     p.add_argument("--raw", help=argparse.SUPPRESS)  # a baseline child's output file
+    p.add_argument("--render", metavar="JSON", help="print a report's Markdown table and exit")
     args = p.parse_args(argv)
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())))
+        return 0
+    if args.preset is None:
+        p.error("--preset is required")
     variants = args.variant or ["this:"]
     runs: dict[str, Any] = {}
     if args.baseline:
@@ -191,6 +197,9 @@ def _compare(args: argparse.Namespace, runs: dict[str, Any]) -> dict[str, Any]:
         )
         run["speedup_vs_first"] = first["median"]["total_s"] / run["median"]["total_s"]
     return {
+        "table": f"rl_iteration_{args.preset.replace('-', '_')}",
+        "script": "benchmarks/rl_iteration.py",
+        "command": "python benchmarks/rl_iteration.py " + " ".join(sys.argv[1:]),
         "preset": args.preset,
         "iterations": args.iterations,
         "torch": torch.__version__,
@@ -198,6 +207,23 @@ def _compare(args: argparse.Namespace, runs: dict[str, Any]) -> dict[str, Any]:
         "baseline": args.baseline,
         "runs": runs,
     }
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as docs/results.md's Markdown table."""
+    lines = [
+        "| run | s per iteration | collect | TRPO | rest | speed-up | θ after vs first run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, r in report["runs"].items():
+        m = r["median"]
+        same = "same trajectories" if r["first_trajectories_bitwise_equal"] else "OTHER DATA"
+        lines.append(
+            f"| {label} | {m['total_s']:.2f} | {m['collect_s']:.2f} | {m['trpo_s']:.2f} | "
+            f"{m['rest_s']:.2f} | {r['speedup_vs_first']:.2f}× | "
+            f"{r['params_max_rel_diff_vs_first']:.1e} ({same}) |"
+        )
+    return "\n".join(lines)
 
 
 def _print(report: dict[str, Any]) -> None:

@@ -12,13 +12,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ..core import CheckpointError, rundir
 from .guard import writing
 
 __all__ = ["EVAL_FILES", "EVAL_LOCK", "RUN_LOCK", "remove_stale_temporaries", "run_lock"]
+
+_HELD: set[int] = set()
+"""Descriptors of the locks this process holds. A forked child (environment workers, a
+DataLoader's) would otherwise keep each lock alive after this process ends: it closes them."""
+
+
+def _forget_inherited_locks() -> None:
+    for fd in _HELD:
+        with suppress(OSError):
+            os.close(fd)  # the child's copy only: the parent's flock stays
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_locks)
 
 RUN_LOCK = ".mamlflow.lock"
 """Held by the process training in the directory (``run``, ``--resume``)."""
@@ -59,8 +74,10 @@ def run_lock(run_dir: Path, purpose: str, name: str = RUN_LOCK) -> Iterator[None
                 "it to finish, stop it, or choose another run directory"
             ) from None
         _note_holder(fd, purpose)
+        _HELD.add(fd)
         yield
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases the lock
 
 

@@ -57,6 +57,47 @@ def make_env(env_id: str, horizon: int) -> Any:
         return gymnasium.make(env_id, max_episode_steps=horizon, disable_env_checker=True)
 
 
+class _Cheetahs:
+    """HalfCheetah-v5 environments, reset through gymnasium and stepped as its ``step`` does.
+
+    ``HalfCheetahEnv.step`` sets the controls, runs ``frame_skip`` MuJoCo steps and reads the
+    state; around that, gymnasium spends more time than the physics (wrappers, the reward and
+    info dicts it builds, the control check). Stepping the MuJoCo data directly gives the same
+    state, bit for bit (``tests/plugins/test_halfcheetah.py`` against ``env.step``); the x
+    velocity is computed as v5 computes it. Resets go through gymnasium: its seeding and noise.
+    """
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        self.envs = list(envs)
+        raw = [env.unwrapped for env in self.envs]
+        first = raw[0] if raw else None
+        if first is not None and not (
+            type(first).__name__ == "HalfCheetahEnv"
+            and first._exclude_current_positions_from_observation
+        ):
+            raise TypeError(f"{type(first).__name__} is not HalfCheetah-v5 as mamlflow builds it")
+        self._steps = [(env.model, env.data, env.frame_skip, env.dt) for env in raw]
+
+    def reset(self, seeds: Sequence[int], out: np.ndarray) -> None:
+        for i, (env, seed) in enumerate(zip(self.envs, seeds, strict=True)):
+            out[i, :-1], _ = env.reset(seed=int(seed))
+            out[i, -1] = 0.0
+
+    def step(self, actions: np.ndarray, out: np.ndarray) -> None:
+        """Row ``i`` of ``out``: environment ``i``'s observation, then its x velocity."""
+        import mujoco
+
+        for i, (model, data, frame_skip, dt) in enumerate(self._steps):
+            before = data.qpos[0]
+            data.ctrl[:] = actions[i]
+            mujoco.mj_step(model, data, nstep=frame_skip)
+            row = out[i]
+            row[-1] = (data.qpos[0] - before) / dt
+            position, velocity = data.qpos[1:], data.qvel
+            row[: len(position)] = position
+            row[len(position) : -1] = velocity
+
+
 def _block_slice(total: int, block: int, blocks: int) -> slice:
     """Block ``block``'s contiguous share of ``total`` environments (sizes differ by ≤ 1)."""
     return slice(total * block // blocks, total * (block + 1) // blocks)
@@ -96,25 +137,22 @@ class _Block:
         )
         self.metadata: dict[str, Any] = {}
         self.render_mode = None
-        self.block, self.blocks, self.active = block, blocks, 0
+        self.block, self.blocks = block, blocks
+        self._cheetahs = _Cheetahs([])
         self._out = np.zeros((capacity, obs_dim + 1))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         seeds: Sequence[int] = (options or {})["seeds"]
         mine = seeds[_block_slice(len(seeds), self.block, self.blocks)]
-        self.active = len(mine)
         if not self.envs:
             self.envs = [make_env(self.env_id, self.horizon) for _ in range(self.capacity)]
+        self._cheetahs = _Cheetahs(self.envs[: len(mine)])
         self._out[:] = 0.0
-        for i, (env, s) in enumerate(zip(self.envs, mine, strict=False)):
-            self._out[i, : self.obs_dim], _ = env.reset(seed=s)
+        self._cheetahs.reset(mine, self._out)
         return self._out.copy(), {}
 
     def step(self, actions: np.ndarray):
-        for i in range(self.active):
-            obs, _, _, _, info = self.envs[i].step(actions[i])
-            self._out[i, : self.obs_dim] = obs
-            self._out[i, self.obs_dim] = info["x_velocity"]
+        self._cheetahs.step(actions, self._out)
         return self._out.copy(), 0.0, False, False, {}
 
     def close(self) -> None:
@@ -125,40 +163,36 @@ class _Block:
 class EnvsHere:
     """Any number of environments stepped one after the other in this process (one worker).
 
-    Environments outlive the vector env: a change of count (the last, smaller evaluation batch)
-    rewraps the ones already built instead of loading the model again.
+    Environments are kept: a change of count (the last, smaller evaluation batch) reuses the
+    ones already built instead of loading the model again.
     """
 
     def __init__(self, env_id: str, horizon: int, *, keep: Any = None) -> None:
         """``keep``: an environment already built, the pool's first."""
         self.env_id, self.horizon = env_id, horizon
         self.pool: list[Any] = [] if keep is None else [keep]
-        self._vector: Any = None
+        self._cheetahs = _Cheetahs([])
+        self._out = np.zeros((0, 0))
 
     def reset(self, seeds: Sequence[int]) -> np.ndarray:
-        import gymnasium
-
         count = len(seeds)
-        if self._vector is None or self._vector.num_envs != count:
-            while len(self.pool) < count:
-                self.pool.append(make_env(self.env_id, self.horizon))
-            self._vector = gymnasium.vector.SyncVectorEnv(
-                [lambda env=env: env for env in self.pool[:count]],
-                # No autoreset: stepping an environment past its horizon fails instead of
-                # silently starting a new episode inside the trajectory.
-                autoreset_mode=gymnasium.vector.AutoresetMode.DISABLED,
-            )
-        observation, _ = self._vector.reset(seed=list(seeds))
-        return observation
+        while len(self.pool) < count:
+            self.pool.append(make_env(self.env_id, self.horizon))
+        if len(self._cheetahs.envs) != count:
+            self._cheetahs = _Cheetahs(self.pool[:count])
+        obs_dim = self.pool[0].observation_space.shape[0]
+        self._out = np.zeros((count, obs_dim + 1))
+        self._cheetahs.reset(seeds, self._out)
+        return self._out[:, :-1].copy()
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        observation, _, _, _, info = self._vector.step(actions)
-        return observation, info["x_velocity"]
+        self._cheetahs.step(actions, self._out)
+        return self._out[:, :-1].copy(), self._out[:, -1].copy()
 
     def close(self) -> None:
-        if self._vector is not None:
-            self._vector.close()
-            self._vector = None
+        for env in self.pool:
+            env.close()
+        self.pool = []
 
 
 class EnvBlocks:

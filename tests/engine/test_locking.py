@@ -75,6 +75,29 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
         assert (run_dir / RUN_LOCK).read_text().startswith(f"{os.getpid()} (training)")
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_does_not_keep_the_lock(tmp_path: Path) -> None:
+    # Environment workers are forked from the training process: when it ends, its lock must
+    # end too, even while a child it forked still runs.
+    run_dir = tmp_path / "run"
+    read, write = os.pipe()
+    started_r, started_w = os.pipe()
+    with run_lock(run_dir, "training"):
+        child = os.fork()
+        if child == 0:  # the child outlives the lock's holder, until the test lets it go
+            os.write(started_w, b"s")  # fork's hooks have run by now
+            os.read(read, 1)
+            os._exit(0)
+        os.read(started_r, 1)
+    try:
+        check_unlocked(run_dir)
+        with run_lock(run_dir, "training"):
+            pass
+    finally:
+        os.write(write, b"x")
+        os.waitpid(child, 0)
+
+
 def test_stale_temporary_files_of_the_runs_own_writes_are_removed(tmp_path: Path) -> None:
     stale = [tmp_path / ".checkpoint.pt.x1y2.tmp", tmp_path / ".metrics.jsonl.abc.tmp"]
     kept = [tmp_path / ".eval.json.zz.tmp", tmp_path / "notes.tmp"]  # not the run's own

@@ -130,8 +130,9 @@ def test_simulate_is_deterministic_per_key_and_reuses_its_environments() -> None
     keys = torch.tensor([1, 2, 3])
     first = fam.simulate(info, _policy, 2, keys)
     envs = fam._envs
+    cheetahs = list(envs._cheetahs.envs)
     again = fam.simulate(info, _policy, 2, keys)
-    assert fam._envs is envs  # same count: the same vector env, reset, not rebuilt
+    assert fam._envs is envs and envs._cheetahs.envs == cheetahs  # reset, not rebuilt
     for name in first:
         assert torch.equal(first[name], again[name]), name
     start = first["obs"][:, :, 0]
@@ -141,7 +142,7 @@ def test_simulate_is_deterministic_per_key_and_reuses_its_environments() -> None
     assert torch.equal(moved["obs"][:2], first["obs"][:2])  # each task only by its own key
     assert not torch.equal(moved["obs"][2, :, 0], start[2])
     fewer = fam.simulate({"goal_vel": info["goal_vel"][:1]}, _policy, 2, keys[:1])
-    assert fam._envs._vector.num_envs == 2
+    assert len(fam._envs._cheetahs.envs) == 2
     assert torch.equal(fewer["obs"], first["obs"][:1])
 
 
