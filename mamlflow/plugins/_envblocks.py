@@ -98,6 +98,23 @@ class _Cheetahs:
             row[len(position) : -1] = velocity
 
 
+def _worker(*args: Any) -> None:
+    """gymnasium's worker loop, with the signal handling a worker needs.
+
+    A forked worker inherits the training process's handlers: Ctrl-C would make it stop
+    "after this step" like the trainer (so it would never exit on the SIGTERM that ends it at
+    shutdown, and the parent would wait for it forever). The parent alone handles Ctrl-C and
+    closes its workers; a worker ends on SIGTERM.
+    """
+    import signal
+
+    from gymnasium.vector.async_vector_env import _async_worker
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _async_worker(*args)
+
+
 def _block_slice(total: int, block: int, blocks: int) -> slice:
     """Block ``block``'s contiguous share of ``total`` environments (sizes differ by ≤ 1)."""
     return slice(total * block // blocks, total * (block + 1) // blocks)
@@ -255,6 +272,7 @@ class EnvBlocks:
             make,
             shared_memory=True,
             context="fork" if sys.platform.startswith("linux") else "spawn",
+            worker=_worker,
             autoreset_mode=gymnasium.vector.AutoresetMode.DISABLED,
         )
 

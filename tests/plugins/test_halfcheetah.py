@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,6 @@ from torch import Tensor
 pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 
-import gymnasium
 
 from mamlflow.engine import PluginHost, Trainer, evaluate, load_checkpoint, resolve
 from mamlflow.plugins.halfcheetah import (
@@ -186,15 +188,17 @@ def test_presets_are_the_papers(preset: str) -> None:
     assert (cfg.eval.steps, cfg.kernel.strategy) == (3, "batched")
 
 
+_TINY_SETS = (
+    "train.meta_batch_size=2",
+    "train.log_every=1",
+    "task.shots=2",
+    "task.query=2",
+    "task.horizon=15",
+)
+
+
 def _tiny(host: PluginHost, iterations: int):
-    sets = [
-        "train.meta_batch_size=2",
-        f"train.iterations={iterations}",
-        "train.log_every=1",
-        "task.shots=2",
-        "task.query=2",
-        "task.horizon=15",
-    ]
+    sets = [*_TINY_SETS, f"train.iterations={iterations}"]
     return resolve(host, preset="halfcheetah-vel", sets=sets).config
 
 
@@ -248,3 +252,45 @@ def test_missing_gymnasium_is_one_line_naming_the_extra() -> None:
     assert len(lines) == 1, out.stdout + out.stderr
     assert lines[0].startswith("task.name: halfcheetah-dir needs gymnasium")
     assert lines[0].endswith('pip install "mamlflow[mujoco]"')
+
+
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-to-the-group", "sigterm-to-main"])
+def test_a_stop_signal_with_environment_workers_stops_cleanly_and_leaves_no_process(
+    tmp_path: Path, to_group: bool
+) -> None:
+    """Ctrl-C reaches the whole process group, workers included; a scheduler's SIGTERM only
+    the training process. Either way the run stops after its step with a checkpoint and every
+    process exits (a worker that inherited the trainer's "stop after this step" handler would
+    ignore the SIGTERM that ends it at shutdown, and the run would hang there)."""
+    run_dir = tmp_path / "run"
+    sets = [*_TINY_SETS, "train.iterations=100000", "task.workers=2"]
+    command = [sys.executable, "-m", "mamlflow", "run", "--plugin", "halfcheetah-vel"]
+    command += ["--out", str(run_dir), *[f"--set={s}" for s in sets]]
+    proc = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.read_text().strip()):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no metrics record within 120 s"
+            time.sleep(0.2)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        # SIGTERM exits as a killed process would, after the checkpoint (TERMINATED_EXIT).
+        assert proc.wait(timeout=60) == (0 if to_group else 128 + signal.SIGTERM)
+        assert load_checkpoint(run_dir).iteration >= 1
+        for _ in range(100):  # the workers end with their parent
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("a process of the run's group outlived it")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
