@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -158,10 +159,23 @@ class _HalfCheetah(RolloutTaskFamily):
     def simulate(
         self, info: dict[str, Tensor], act: Policy, trajectories: int, keys: Tensor
     ) -> dict[str, Tensor]:
+        envs = self._environments()
+        if isinstance(envs, EnvBlocks):
+            with _one_torch_thread():
+                return self._rollout(envs, info, act, trajectories, keys)
+        return self._rollout(envs, info, act, trajectories, keys)
+
+    def _rollout(
+        self,
+        envs: EnvsHere | EnvBlocks,
+        info: dict[str, Tensor],
+        act: Policy,
+        trajectories: int,
+        keys: Tensor,
+    ) -> dict[str, Tensor]:
         cfg = self.config
         ref = next(iter(info.values()))
         tasks, dtype, device = ref.shape[0], ref.dtype, ref.device
-        envs = self._environments()
         seeds = [env_seed(key, j) for key in keys.tolist() for j in range(trajectories)]
         observation = envs.reset(seeds)
         low, high = self._bounds
@@ -224,6 +238,19 @@ class _HalfCheetah(RolloutTaskFamily):
     @abstractmethod
     def _goal(self, info: dict[str, Tensor], task: int) -> tuple[str, float | None]:
         """Task ``task``'s goal as the plot's panel title, and a velocity to draw (if any)."""
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """torch on one thread while environment workers step: between two steps the policy's tiny
+    matmuls are all torch does here, and an OpenMP thread waiting for the next parallel region
+    spins on a core a worker needs (benchmarks/rl_iteration.py measures the difference)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _uniform_tasks(seed: int, split: Split, iteration: int, task_indices: Tensor) -> Tensor:
