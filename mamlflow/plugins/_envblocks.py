@@ -222,12 +222,14 @@ class EnvBlocks:
         self.env_id, self.horizon, self.workers, self.spaces = env_id, horizon, workers, spaces
         self._vector: Any = None
         self._capacity = 0
-        self._count = 0
+        self._blocks: list[slice] = []
+        """Each worker's rows of the current rollout's environments."""
 
     def reset(self, seeds: Sequence[int]) -> np.ndarray:
         """Reset ``len(seeds)`` environments, each with its seed; their observations."""
-        self._count = len(seeds)
-        capacity = math.ceil(self._count / self.workers)
+        count = len(seeds)
+        self._blocks = [_block_slice(count, b, self.workers) for b in range(self.workers)]
+        capacity = math.ceil(count / self.workers)
         if capacity > self._capacity:
             self._build(capacity)
         out, _ = self._vector.reset(options={"seeds": [int(s) for s in seeds]})
@@ -236,9 +238,8 @@ class EnvBlocks:
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Step every environment with its row of ``actions``: observations and x velocities."""
         padded = np.zeros((self.workers, self._capacity, actions.shape[1]))
-        for b in range(self.workers):
-            part = actions[_block_slice(self._count, b, self.workers)]
-            padded[b, : len(part)] = part
+        for b, rows in enumerate(self._blocks):
+            padded[b, : rows.stop - rows.start] = actions[rows]
         out, _, _, _, _ = self._vector.step(padded)
         rows = self._gather(out)
         return rows[:, :-1], rows[:, -1]
@@ -249,12 +250,8 @@ class EnvBlocks:
             self._vector = None
 
     def _gather(self, out: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [
-                out[b, : len(range(self._count)[_block_slice(self._count, b, self.workers)])]
-                for b in range(self.workers)
-            ]
-        )
+        """The workers' rows ``(workers, capacity, …)`` back in environment order."""
+        return np.concatenate([out[b, : r.stop - r.start] for b, r in enumerate(self._blocks)])
 
     def _build(self, capacity: int) -> None:
         import gymnasium
